@@ -1,0 +1,121 @@
+"""What every method is: a network returning logits (B, D, M, K) and a weight table (D, M) (SPEC §2).
+
+The predictive distribution is the mixture in probability space
+
+    p(y|x) = sum_m (1/M) sum_i w[i, m] softmax(logits[:, i, m])(y).
+
+A method also says how a training batch is formed and what its training loss is. Nothing else: the
+optimiser, the schedule and the loop live in :mod:`mimmo.training`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mimmo.models.backbone import BackboneFactory, check_backbone
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Logits of every exit and member, and the weight of each exit per member."""
+
+    logits: Tensor  # (B, D, M, K)
+    weights: Tensor  # (D, M), columns sum to 1
+
+    def log_probs(self) -> Tensor:
+        """Log of the predictive mixture, (B, K), computed stably with logsumexp."""
+        return mixture_log_probs(self.logits, self.weights)
+
+    def probs(self) -> Tensor:
+        """The predictive mixture, (B, K)."""
+        return self.log_probs().exp()
+
+
+def mixture_log_probs(logits: Tensor, weights: Tensor) -> Tensor:
+    """log sum_{i,m} (w[i,m]/M) softmax(logits[:, i, m]) for logits (B, D, M, K) and weights (D, M)."""
+    num_members = logits.shape[2]
+    log_weights = torch.log(weights.to(torch.float32)) - math.log(num_members)  # (D, M); log 0 = -inf
+    component = F.log_softmax(logits.float(), dim=-1) + log_weights[None, :, :, None]
+    return torch.logsumexp(component.flatten(1, 2), dim=1)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands, for methods whose behaviour changes over the run."""
+
+    epoch: int  # 0-based epoch index
+    num_epochs: int
+    fraction: float  # progress through the whole run in [0, 1)
+    num_train: int  # N, the training-set size (the KL term of an ELBO is divided by it)
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    loss: Tensor
+    logs: dict[str, Tensor]
+
+
+def per_sample_nll(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy of logits (..., K) against integer targets (...), without reduction."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                           reduction="none").view(targets.shape)
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ValueError with ``message`` unless ``condition`` holds (config validation at the boundary)."""
+    if not condition:
+        raise ValueError(message)
+
+
+class Method(nn.Module):
+    """Base class of every method.
+
+    Subclasses implement :meth:`forward` (test-time prediction for a batch of single images) and
+    :meth:`training_loss`. ``num_members`` (M), ``num_exits`` (D) and ``num_classes`` (K) describe the
+    shape of the logits.
+    """
+
+    name: str = "method"
+    num_members: int = 1
+    num_exits: int = 1
+    num_classes: int
+
+    def forward(self, x: Tensor) -> Prediction:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def training_loss(self, x: Tensor, y: Tensor, progress: Progress) -> LossOutput:  # pragma: no cover
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict_proba(self, x: Tensor) -> Tensor:
+        """The predictive mixture p(y|x), (B, K)."""
+        return self(x).probs()
+
+    def exit_weights(self) -> Tensor | None:
+        """The learned weights over exits (D, M), or None if the method has none to learn."""
+        return None
+
+
+class Base(Method):
+    """A single network trained with cross-entropy: D = M = 1."""
+
+    name = "base"
+
+    def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.backbone = check_backbone(backbone(in_channels, num_classes))
+        self.register_buffer("unit_weight", torch.ones(1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Prediction:
+        logits = self.backbone(x)
+        return Prediction(logits[:, None, None, :], self.unit_weight)
+
+    def training_loss(self, x: Tensor, y: Tensor, progress: Progress) -> LossOutput:
+        nll = F.cross_entropy(self.backbone(x).float(), y)
+        return LossOutput(nll, {"nll": nll.detach()})

@@ -1,0 +1,138 @@
+"""MIMMO (Ferianc & Rodrigues, 2023): MIMO whose members also predict from early exits, weighted by a
+learned per-member distribution over depth theta with a prior gamma (SPEC §4).
+
+Exit i < D maps stage i's output through an adapter (conv1x1 -> BN -> ReLU -> pool) to the width F of
+the final layer and reuses the shared head Linear(F, M*K). The loss is the negative ELBO per data point
+
+    (1/B') sum_b sum_i sum_m theta[i,m] NLL(b,i,m) + (alpha/N) sum_m sum_i theta[i,m] log(theta[i,m]/gamma[i,m]).
+
+During the warm start (and for MIMMO-gamma throughout) theta is fixed to gamma and the KL term is 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mimmo.methods.base import LossOutput, Prediction, Progress, per_sample_nll, require
+from mimmo.methods.mimo import MultiInputMethod
+from mimmo.models.backbone import BackboneFactory, check_backbone
+
+
+def make_prior(prior: Sequence | Tensor | None, num_exits: int, num_members: int) -> Tensor:
+    """The prior gamma as a (D, M) table: uniform 1/D by default; a (D,) vector is shared by all members."""
+    if prior is None:
+        return torch.full((num_exits, num_members), 1.0 / num_exits)
+    table = torch.as_tensor(prior, dtype=torch.float32)
+    if table.dim() == 1:
+        table = table[:, None].expand(-1, num_members)
+    require(table.shape == (num_exits, num_members),
+            f"prior must have shape (D,)=({num_exits},) or (D, M)=({num_exits}, {num_members}), "
+            f"got {tuple(table.shape)}")
+    require(bool((table > 0).all()), f"every prior entry must be > 0 (KL needs gamma > 0), got {table.tolist()}")
+    sums = table.sum(0)
+    require(bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-5)),
+            f"each member's prior must sum to 1 over the {num_exits} exits, got sums {sums.tolist()}")
+    return table.clone()
+
+
+class ExitNetwork(nn.Module):
+    """A backbone with exits after every stage but the last; returns per-exit head outputs (B, D, out)."""
+
+    def __init__(self, backbone: nn.Module, per_exit_heads: bool) -> None:
+        super().__init__()
+        self.backbone = check_backbone(backbone)
+        num_stages = len(self.backbone.stages)
+        self.exits = nn.ModuleList(self.backbone.exit_adapter(i) for i in range(num_stages - 1))
+        head = self.backbone.head
+        self.exit_heads = (nn.ModuleList(nn.Linear(head.in_features, head.out_features)
+                                         for _ in range(num_stages - 1)) if per_exit_heads else None)
+        self.num_exits = num_stages
+
+    def forward(self, x: Tensor) -> Tensor:
+        stage_outputs = self.backbone.features(x)
+        features = [adapter(h) for adapter, h in zip(self.exits, stage_outputs[:-1], strict=True)]
+        features.append(self.backbone.pool(stage_outputs[-1]))
+        if self.exit_heads is None:  # one shared head for every exit: one batched matrix product
+            return self.backbone.head(torch.stack(features, dim=1))
+        heads = [*self.exit_heads, self.backbone.head]
+        return torch.stack([head(f) for head, f in zip(heads, features, strict=True)], dim=1)
+
+
+class MIMMO(MultiInputMethod):
+    """MIMO plus early exits and learned per-member depth weights theta (D, M)."""
+
+    name = "mimmo"
+
+    def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int, num_members: int = 2,
+                 repetitions: int = 2, input_repetition: float = 0.25, alpha: float = 1.0,
+                 warm_start_epochs: int = 0, prior: Sequence | Tensor | None = None,
+                 optimise_depth: bool = True, per_exit_heads: bool = False) -> None:
+        super().__init__(num_members, repetitions, input_repetition)
+        require(alpha >= 0, f"alpha (KL weight) must be >= 0, got {alpha!r}")
+        require(isinstance(warm_start_epochs, int) and warm_start_epochs >= 0,
+                f"warm_start_epochs must be an integer >= 0, got {warm_start_epochs!r}")
+        self.num_classes = num_classes
+        self.alpha = float(alpha)
+        self.warm_start_epochs = warm_start_epochs
+        self.optimise_depth = bool(optimise_depth)
+        self.network = ExitNetwork(backbone(in_channels * num_members, num_classes * num_members),
+                                   per_exit_heads)
+        self.num_exits = self.network.num_exits
+        self.depth_logits = nn.Parameter(torch.zeros(self.num_exits, num_members))
+        self.register_buffer("prior", make_prior(prior, self.num_exits, num_members))
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.network.backbone
+
+    def uses_prior(self, progress: Progress | None) -> bool:
+        """True while theta is held at gamma: MIMMO-gamma always, MIMMO during the warm start."""
+        return not self.optimise_depth or (progress is not None and progress.epoch < self.warm_start_epochs)
+
+    def depth_weights(self, progress: Progress | None = None) -> Tensor:
+        """theta = softmax over exits of the logits, per member; gamma when :meth:`uses_prior`."""
+        if self.uses_prior(progress):
+            return self.prior
+        return F.softmax(self.depth_logits, dim=0)
+
+    def exit_weights(self) -> Tensor:
+        return self.depth_weights().detach()
+
+    def kl_divergence(self, weights: Tensor) -> Tensor:
+        """KL(theta || gamma) summed over members and exits."""
+        return (torch.xlogy(weights, weights) - weights * torch.log(self.prior)).sum()
+
+    def exit_logits(self, inputs: Tensor) -> Tensor:
+        return self.split_members(self.network(inputs))  # (B, D, M, K)
+
+    def forward(self, x: Tensor) -> Prediction:
+        return Prediction(self.exit_logits(self.tile_members(x)), self.depth_weights())
+
+    def training_loss(self, x: Tensor, y: Tensor, progress: Progress) -> LossOutput:
+        inputs, targets = self.training_batch(x, y)
+        logits = self.exit_logits(inputs)
+        weights = self.depth_weights(progress)
+        nll = per_sample_nll(logits, targets[:, None, :].expand(-1, self.num_exits, -1))  # (B', D, M)
+        data_term = (nll * weights).sum(dim=(1, 2)).mean()
+        if self.uses_prior(progress):
+            kl = torch.zeros((), device=x.device)
+        else:
+            kl = self.kl_divergence(weights)
+        loss = data_term + self.alpha / progress.num_train * kl
+        return LossOutput(loss, {"nll": data_term.detach(), "kl": kl.detach()})
+
+
+class MIMMOGamma(MIMMO):
+    """MIMMO-gamma: theta is the prior for the whole run (the exit weights are never learned)."""
+
+    name = "mimmo_gamma"
+
+    def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int, num_members: int = 2,
+                 repetitions: int = 2, input_repetition: float = 0.25,
+                 prior: Sequence | Tensor | None = None, per_exit_heads: bool = False) -> None:
+        super().__init__(backbone, in_channels, num_classes, num_members, repetitions, input_repetition,
+                         prior=prior, optimise_depth=False, per_exit_heads=per_exit_heads)

@@ -1,0 +1,70 @@
+"""MIMO (Havasi et al., 2021): M members in one network, fed M inputs concatenated along channels."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mimmo.methods.base import LossOutput, Method, Prediction, Progress, per_sample_nll, require
+from mimmo.methods.repetition import member_indices
+from mimmo.models.backbone import BackboneFactory, check_backbone
+
+
+def validate_multi_input(num_members: int, repetitions: int, input_repetition: float) -> None:
+    require(isinstance(num_members, int) and num_members >= 1,
+            f"num_members must be an integer >= 1, got {num_members!r}")
+    require(isinstance(repetitions, int) and repetitions >= 1,
+            f"repetitions (batch repetition R) must be an integer >= 1, got {repetitions!r}")
+    require(0.0 <= input_repetition <= 1.0,
+            f"input_repetition (rho) must lie in [0, 1], got {input_repetition!r}")
+
+
+class MultiInputMethod(Method):
+    """Shared machinery of the multi-input methods: tiling at test, repetition in training.
+
+    Member m owns input channels [m*C, (m+1)*C) and output units [m*K, (m+1)*K).
+    """
+
+    def __init__(self, num_members: int, repetitions: int, input_repetition: float) -> None:
+        super().__init__()
+        validate_multi_input(num_members, repetitions, input_repetition)
+        self.num_members = num_members
+        self.repetitions = repetitions
+        self.input_repetition = float(input_repetition)
+
+    def tile_members(self, x: Tensor) -> Tensor:
+        """Test time: every member receives the same input, (B, C, ...) -> (B, M*C, ...)."""
+        return x.repeat(1, self.num_members, *([1] * (x.dim() - 2)))
+
+    def training_batch(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Training inputs (R*B, M*C, ...) and the targets of what each member received, (R*B, M)."""
+        index = member_indices(x.shape[0], self.num_members, self.repetitions, self.input_repetition,
+                               device=x.device)
+        return x[index].flatten(1, 2), y[index]
+
+    def split_members(self, outputs: Tensor) -> Tensor:
+        """(..., M*K) -> (..., M, K): unit m*K + k is member m's class k."""
+        return outputs.unflatten(-1, (self.num_members, self.num_classes))
+
+
+class MIMO(MultiInputMethod):
+    """MIMO: one backbone with an M*C-channel stem and an M*K-unit head; loss sum_m mean_b NLL."""
+
+    name = "mimo"
+
+    def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int, num_members: int = 2,
+                 repetitions: int = 2, input_repetition: float = 0.25) -> None:
+        super().__init__(num_members, repetitions, input_repetition)
+        self.num_classes = num_classes
+        self.backbone = check_backbone(backbone(in_channels * num_members, num_classes * num_members))
+        self.register_buffer("uniform_weights", torch.ones(1, num_members), persistent=False)
+
+    def forward(self, x: Tensor) -> Prediction:
+        logits = self.split_members(self.backbone(self.tile_members(x)))
+        return Prediction(logits[:, None], self.uniform_weights)
+
+    def training_loss(self, x: Tensor, y: Tensor, progress: Progress) -> LossOutput:
+        inputs, targets = self.training_batch(x, y)
+        logits = self.split_members(self.backbone(inputs))
+        nll = per_sample_nll(logits, targets).mean(0).sum()
+        return LossOutput(nll, {"nll": nll.detach()})
