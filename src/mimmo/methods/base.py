@@ -100,6 +100,15 @@ class Method(nn.Module):
         """The learned weights over exits (D, M), or None if the method has none to learn."""
         return None
 
+    def member_input_weights(self) -> list[Tensor] | None:
+        """Per member, the weights of the first layer that read that member's input (feature-reuse probe,
+        paper B.1): a list of M tensors (C_out, ...). None for methods without member inputs."""
+        return None
+
+    def member_output_weights(self) -> list[Tensor] | None:
+        """Per member, the rows of the output layer that produce that member's logits: M tensors (K, F)."""
+        return None
+
 
 class Base(Method):
     """A single network trained with cross-entropy: D = M = 1."""

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from mimmo.methods.base import LossOutput, Method, Prediction, Progress, per_sample_nll, require
 from mimmo.methods.repetition import member_indices
-from mimmo.models.backbone import BackboneFactory, check_backbone
+from mimmo.models.backbone import BackboneFactory, check_backbone, first_layer
 
 
 def validate_multi_input(num_members: int, repetitions: int, input_repetition: float) -> None:
@@ -41,6 +41,13 @@ class MultiInputMethod(Method):
         index = member_indices(x.shape[0], self.num_members, self.repetitions, self.input_repetition,
                                device=x.device)
         return x[index].flatten(1, 2), y[index]
+
+    def member_input_weights(self) -> list[Tensor]:
+        weight = first_layer(self.backbone.stem).weight.detach()  # (C_out, M*C, ...)
+        return list(weight.chunk(self.num_members, dim=1))
+
+    def member_output_weights(self) -> list[Tensor]:
+        return list(self.backbone.head.weight.detach().chunk(self.num_members, dim=0))  # M x (K, F)
 
     def split_members(self, outputs: Tensor) -> Tensor:
         """(..., M*K) -> (..., M, K): unit m*K + k is member m's class k."""

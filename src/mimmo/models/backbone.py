@@ -44,8 +44,11 @@ class Backbone(nn.Module):
 
     def features(self, x: Tensor) -> list[Tensor]:
         """Every stage's output, shallowest first."""
+        return self.stage_outputs(self.stem(x))
+
+    def stage_outputs(self, h: Tensor) -> list[Tensor]:
+        """Every stage's output for a stem output ``h`` (methods that mix stem features start here)."""
         outputs = []
-        h = self.stem(x)
         for stage in self.stages:
             h = stage(h)
             outputs.append(h)

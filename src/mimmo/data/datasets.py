@@ -1,0 +1,191 @@
+"""Datasets as in-memory uint8 tensors: the embedded default, CIFAR-10/100 from a local copy.
+
+Every loader returns a :class:`Splits` of train, validation and test :class:`ImageSet` s. Images stay
+uint8 (N, C, H, W) until a batch is on the device, where :class:`Normalizer` turns them into floats.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.resources
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    images: Tensor  # uint8 (N, C, H, W)
+    labels: Tensor  # int64 (N,)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != self.images.shape[:1]:
+            raise ValueError(f"labels {tuple(self.labels.shape)} do not match images {tuple(self.images.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: Tensor) -> ImageSet:
+        return ImageSet(self.images[index], self.labels[index])
+
+
+@dataclass(frozen=True)
+class Splits:
+    name: str
+    train: ImageSet
+    validation: ImageSet
+    test: ImageSet
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+
+class Normalizer(torch.nn.Module):
+    """uint8 or [0, 1] float images -> per-channel standardised floats, on the images' device.
+
+    The mean and standard deviation come from the training split and are saved with the model.
+    """
+
+    def __init__(self, mean: Tensor, std: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.float().view(1, -1, 1, 1))
+        self.register_buffer("std", std.float().view(1, -1, 1, 1))
+
+    @classmethod
+    def fit(cls, images: Tensor) -> Normalizer:
+        """Statistics of uint8 images (N, C, H, W) on the [0, 1] scale."""
+        x = images.double() / 255.0
+        return cls(x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-6))
+
+    @staticmethod
+    def to_unit(images: Tensor) -> Tensor:
+        """uint8 -> float in [0, 1] (floats pass through)."""
+        return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+    def forward(self, images: Tensor) -> Tensor:
+        return (self.to_unit(images) - self.mean) / self.std
+
+
+def stratified_split(labels: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Split indices into (rest, held_out) with ``fraction`` of every class held out, shuffled."""
+    rest, held = [], []
+    for label in labels.unique(sorted=True):
+        index = (labels == label).nonzero().flatten()
+        index = index[torch.randperm(len(index), generator=generator)]
+        num_held = round(len(index) * fraction)
+        held.append(index[:num_held])
+        rest.append(index[num_held:])
+    rest_t, held_t = torch.cat(rest), torch.cat(held)
+    return (rest_t[torch.randperm(len(rest_t), generator=generator)],
+            held_t[torch.randperm(len(held_t), generator=generator)])
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+
+
+def split_train(name: str, train: ImageSet, test: ImageSet, num_classes: int, validation_fraction: float,
+                seed: int, train_size: int | None = None) -> Splits:
+    """Hold out ``validation_fraction`` of ``train`` (stratified, drawn from ``seed``); optionally keep only
+    ``train_size`` training images (stratified) to study the overfitting regime."""
+    _check_fraction("validation_fraction", validation_fraction)
+    generator = torch.Generator().manual_seed(seed)
+    train_index, validation_index = stratified_split(train.labels, validation_fraction, generator)
+    train_part = train.subset(train_index)
+    if train_size is not None:
+        if not 0 < train_size <= len(train_part):
+            raise ValueError(f"train_size must lie in [1, {len(train_part)}] (the training split), got {train_size}")
+        if train_size < len(train_part):
+            _, keep = stratified_split(train_part.labels, train_size / len(train_part), generator)
+            train_part = train_part.subset(keep)
+    return Splits(name, train_part, train.subset(validation_index), test, num_classes)
+
+
+def load_embedded(seed: int, validation_fraction: float = 0.1, test_fraction: float = 0.2,
+                  train_size: int | None = None) -> Splits:
+    """animal-shape-mnist: 28x28 grey silhouettes of 10 animals, shipped in its wheel.
+
+    Exact duplicate images are dropped (they would leak between splits); the test split is a stratified
+    ``test_fraction`` drawn from ``seed``, and ``validation_fraction`` of the rest is held out.
+    """
+    _check_fraction("test_fraction", test_fraction)
+    folder = importlib.resources.files("animal_shape_mnist") / "data" / "Animal Shape"
+    with gzip.open(folder / "animal_data_version_3.gz", "rb") as f:  # type: ignore[arg-type]
+        images = np.asarray(pickle.load(f), dtype=np.uint8)
+    with gzip.open(folder / "animal_label_version_3.gz", "rb") as f:  # type: ignore[arg-type]
+        labels = np.asarray(pickle.load(f), dtype=np.int64)
+    _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)
+    keep = np.sort(first)
+    data = ImageSet(torch.from_numpy(images[keep][:, None].copy()), torch.from_numpy(labels[keep].copy()))
+    generator = torch.Generator().manual_seed(seed)
+    rest, test = stratified_split(data.labels, test_fraction, generator)
+    num_classes = int(data.labels.max()) + 1
+    return split_train("embedded", data.subset(rest), data.subset(test), num_classes, validation_fraction,
+                       seed + 1, train_size)
+
+
+CIFAR_LAYOUT = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100),
+}
+CIFAR_HELP = ("Download the python version of CIFAR from https://www.cs.toronto.edu/~kriz/cifar.html "
+              "(cifar-10-python.tar.gz or cifar-100-python.tar.gz), unpack it under the data root, and pass "
+              "data.root=DIR (or set MIMMO_DATA).")
+
+
+def _read_cifar_files(folder: Path, files: list[str], label_key: bytes) -> ImageSet:
+    images, labels = [], []
+    for name in files:
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"expected the CIFAR file {path}, which does not exist. {CIFAR_HELP}")
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            label = np.asarray(batch[label_key], dtype=np.int64)
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as error:
+            raise ValueError(f"{path} is not a valid CIFAR python-pickle batch ({error!r}). {CIFAR_HELP}") from error
+        if len(data) != len(label):
+            raise ValueError(f"{path} holds {len(data)} images but {len(label)} labels. {CIFAR_HELP}")
+        images.append(torch.from_numpy(data))
+        labels.append(torch.from_numpy(label))
+    return ImageSet(torch.cat(images), torch.cat(labels))
+
+
+def load_cifar(name: str, root: str | Path, seed: int, validation_fraction: float = 0.1,
+               train_size: int | None = None) -> Splits:
+    """CIFAR-10/100 from ``root``/cifar-10-batches-py or ``root``/cifar-100-python (python pickles)."""
+    folder_name, train_files, test_files, label_key, num_classes = CIFAR_LAYOUT[name]
+    folder = Path(root).expanduser() / folder_name
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{name}: expected the folder {folder}, which does not exist. {CIFAR_HELP}")
+    train = _read_cifar_files(folder, train_files, label_key)
+    test = _read_cifar_files(folder, test_files, label_key)
+    return split_train(name, train, test, num_classes, validation_fraction, seed, train_size)
+
+
+DATASETS = ("embedded", "cifar10", "cifar100")
+# Shapes known without reading the data (so that `mimmo cost` works on a machine without CIFAR).
+DATASET_SHAPES = {"embedded": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
+
+
+def load_dataset(name: str, seed: int, root: str | Path | None = None, validation_fraction: float = 0.1,
+                 test_fraction: float = 0.2, train_size: int | None = None) -> Splits:
+    """Load dataset ``name`` (one of DATASETS) with its splits drawn from ``seed``."""
+    if name == "embedded":
+        return load_embedded(seed, validation_fraction, test_fraction, train_size)
+    if name in CIFAR_LAYOUT:
+        if root is None:
+            raise ValueError(f"{name} needs data.root: the folder that holds {CIFAR_LAYOUT[name][0]}/. {CIFAR_HELP}")
+        return load_cifar(name, root, seed, validation_fraction, train_size)
+    raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}")
