@@ -1,0 +1,336 @@
+"""Training any method with Lightning, and the run folder it leaves behind.
+
+A run folder holds: ``config.yaml`` (the resolved config), ``checkpoints/last.ckpt`` (every epoch; a run
+that is started again resumes from it), ``log/metrics.csv``, ``weights.safetensors`` (the final
+method and its input normaliser) and ``metrics.json`` (written last: its presence marks a finished run).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+
+from mimmo.data.datasets import DATASET_SHAPES, DATASETS, Normalizer, Splits, load_dataset
+from mimmo.data.loader import BatchLoader
+from mimmo.evaluation.cost import count_cost
+from mimmo.evaluation.metrics import classification_metrics
+from mimmo.io import write_json_atomic, write_text_atomic
+from mimmo.methods.base import Method, Progress
+from mimmo.methods.registry import build_method
+from mimmo.models.backbone import BackboneFactory
+from mimmo.models.resnet import ResNetConfig, ResNetFactory
+
+log = logging.getLogger("mimmo")
+FORMAT_VERSION = 1
+# Settings that change where or how fast a run goes, not what it computes: ignored when a run is resumed.
+NON_SEMANTIC_KEYS = ("output_dir", "train.progress_bar", "train.log_every_n_steps", "train.accelerator",
+                     "train.devices", "train.num_nodes", "train.strategy", "train.threads")
+
+
+def build_backbone_factory(model: DictConfig | dict) -> BackboneFactory:
+    """The backbone factory described by a ``model`` config."""
+    model = dict(model)
+    name = model.pop("name", None)
+    if name == "resnet":
+        return ResNetFactory(ResNetConfig(
+            layers=tuple(model["layers"]), planes=tuple(model["planes"]), strides=tuple(model["strides"]),
+            stem_channels=int(model["stem_channels"]), width=float(model["width"])))
+    raise ValueError(f"unknown model {name!r}; choose one of ['resnet']")
+
+
+def check_input_fits(factory: BackboneFactory, input_shape: tuple[int, ...]) -> None:
+    """Refuse an input size or channel count that the backbone cannot take."""
+    if isinstance(factory, ResNetFactory):
+        if len(input_shape) != 3:
+            raise ValueError(f"the ResNet backbone takes images (C, H, W), got input shape {input_shape}")
+        smallest = factory.config.min_input_size()
+        if min(input_shape[1:]) < smallest:
+            raise ValueError(f"input size {input_shape[1:]} is too small for strides {factory.config.strides}: "
+                             f"height and width must be >= {smallest}")
+
+
+def method_options(cfg: DictConfig) -> dict[str, Any]:
+    options = OmegaConf.to_container(cfg.method, resolve=True)
+    assert isinstance(options, dict)
+    options.pop("name")
+    return options
+
+
+def build_method_from_config(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> Method:
+    """Validate the config against the data shape and build the method (seeded by ``cfg.seed``)."""
+    factory = build_backbone_factory(cfg.model)
+    check_input_fits(factory, input_shape)
+    validate_training(cfg)
+    L.seed_everything(int(cfg.seed), workers=False, verbose=False)
+    method = build_method(cfg.method.name, factory, input_shape[0], num_classes, method_options(cfg))
+    with torch.no_grad():
+        method.eval()
+        try:
+            method(torch.zeros(1, *input_shape))
+        except RuntimeError as error:
+            raise ValueError(f"method {cfg.method.name!r} on model {cfg.model.name!r} cannot take inputs of shape "
+                             f"{tuple(input_shape)}: {error}") from error
+        method.train()
+    return method
+
+
+def validate_training(cfg: DictConfig) -> None:
+    train = cfg.train
+    checks = [
+        (isinstance(train.epochs, int) and train.epochs >= 1, f"train.epochs must be an integer >= 1, got {train.epochs!r}"),
+        (isinstance(train.batch_size, int) and train.batch_size >= 1,
+         f"train.batch_size must be an integer >= 1, got {train.batch_size!r}"),
+        (train.lr > 0, f"train.lr must be > 0, got {train.lr!r}"),
+        (isinstance(train.eval_batch_size, int) and train.eval_batch_size >= 1,
+         f"train.eval_batch_size must be an integer >= 1, got {train.eval_batch_size!r}"),
+        (cfg.data.name in DATASETS, f"unknown dataset {cfg.data.name!r}; choose one of {list(DATASETS)}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    warm = cfg.method.get("warm_start_epochs")
+    if warm is not None and cfg.method.name not in ("mimmo_gamma",) and warm >= train.epochs:
+        raise ValueError(f"method.warm_start_epochs ({warm}) must be < train.epochs ({train.epochs}): during the "
+                         "warm start the exit weights stay at the prior, so nothing would be learned "
+                         "(use method=mimmo_gamma for a run with fixed weights)")
+
+
+class MethodModule(L.LightningModule):
+    """Runs any method: Adam, per-epoch cosine schedule to 0, warm start through ``Progress``."""
+
+    def __init__(self, method: Method, normalizer: Normalizer, data: Splits, cfg: DictConfig) -> None:
+        super().__init__()
+        self.method, self.normalizer, self.data = method, normalizer, data
+        self.seed, self.train_cfg = int(cfg.seed), cfg.train
+        self.channels_last = bool(cfg.train.channels_last)
+        self.exit_weight_history: list[list[list[float]]] = []
+        self.validation_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def train_dataloader(self) -> BatchLoader:
+        return BatchLoader(self.data.train, self.train_cfg.batch_size, shuffle=True, seed=self.seed,
+                           streams=self.method.data_streams, rank=self.global_rank,
+                           world_size=self.trainer.world_size)
+
+    def val_dataloader(self) -> BatchLoader:
+        return BatchLoader(self.data.validation, self.train_cfg.eval_batch_size, shuffle=False)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.normalizer(images.flatten(0, 1) if images.dim() == 5 else images)
+        if images.dim() == 5:  # (B, S, C, H, W) streams for the ensemble
+            x = x.unflatten(0, images.shape[:2])
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def on_train_epoch_start(self) -> None:
+        # Everything random inside an epoch (repetition, dropout, mixing) follows from (seed, epoch, rank),
+        # so a run resumed from an epoch checkpoint continues exactly as an uninterrupted one.
+        torch.manual_seed((self.seed * 1_000_003 + self.current_epoch) * 997 + self.global_rank)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        num_batches = max(1, int(self.trainer.num_training_batches))
+        progress = Progress(epoch=self.current_epoch, num_epochs=self.train_cfg.epochs,
+                            fraction=(self.current_epoch + batch_idx / num_batches) / self.train_cfg.epochs,
+                            num_train=len(self.data.train))
+        out = self.method.training_loss(self.prepare(images), labels, progress)
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({out.loss.item()}) at epoch {self.current_epoch}, batch {batch_idx}; "
+                "the run stops here and its last good checkpoint is checkpoints/last.ckpt")
+        self.log("train/loss", out.loss, prog_bar=True, on_step=False, on_epoch=True)
+        for key, value in out.logs.items():
+            self.log(f"train/{key}", value, on_step=False, on_epoch=True)
+        return out.loss
+
+    def on_train_epoch_end(self) -> None:
+        weights = self.method.exit_weights()
+        if weights is not None:
+            self.exit_weight_history.append(weights.cpu().tolist())
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        self.validation_outputs.append((self.method(self.prepare(images)).log_probs(), labels))
+
+    def on_validation_epoch_end(self) -> None:
+        log_probs = torch.cat([lp for lp, _ in self.validation_outputs])
+        labels = torch.cat([y for _, y in self.validation_outputs])
+        self.validation_outputs.clear()
+        metrics = classification_metrics(log_probs, labels)
+        self.log("val/accuracy", metrics["accuracy"], prog_bar=True, sync_dist=False)
+        self.log("val/nll", metrics["nll"], prog_bar=True, sync_dist=False)
+        self.log("val/ece", metrics["ece"], sync_dist=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.Adam(self.method.parameters(), lr=self.train_cfg.lr, weight_decay=0.0)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.train_cfg.epochs, eta_min=0.0)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["exit_weight_history"] = self.exit_weight_history
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.exit_weight_history = checkpoint.get("exit_weight_history", [])
+
+
+class AtomicCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that writes to a temporary file and renames it, so last.ckpt is never half-written."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        temporary = f"{filepath}.tmp"
+        trainer.save_checkpoint(temporary, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(temporary, filepath)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+
+
+def semantic_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config without keys that do not change what a run computes."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    for dotted in NON_SEMANTIC_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(leaf, None)
+    return data
+
+
+def load_splits(cfg: DictConfig) -> Splits:
+    return load_dataset(cfg.data.name, int(cfg.seed), root=cfg.data.get("root"),
+                        validation_fraction=cfg.data.validation_fraction,
+                        test_fraction=cfg.data.get("test_fraction", 0.2), train_size=cfg.data.get("train_size"))
+
+
+def input_spec(cfg: DictConfig) -> tuple[tuple[int, ...], int]:
+    """Input shape and number of classes of the configured dataset, known without reading it."""
+    if cfg.data.name not in DATASET_SHAPES:
+        raise ValueError(f"unknown dataset {cfg.data.name!r}; choose one of {list(DATASETS)}")
+    return DATASET_SHAPES[cfg.data.name]
+
+
+@torch.inference_mode()
+def predict_log_probs(method: Method, normalizer: Normalizer, images: torch.Tensor, batch_size: int,
+                      device: torch.device) -> torch.Tensor:
+    method.eval()
+    outputs = [method(normalizer(images[i:i + batch_size].to(device))).log_probs().cpu()
+               for i in range(0, len(images), batch_size)]
+    return torch.cat(outputs)
+
+
+def save_weights(path: Path, method: Method, normalizer: Normalizer) -> None:
+    tensors = {f"method.{k}": v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
+    tensors |= {f"normalizer.{k}": v.detach().cpu().contiguous() for k, v in normalizer.state_dict().items()}
+    temporary = path.with_suffix(".tmp")
+    save_file(tensors, str(temporary))
+    os.replace(temporary, path)
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Method, Normalizer, DictConfig]:
+    """Rebuild a trained method and its normaliser from a run folder (config.yaml + weights.safetensors)."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "weights.safetensors"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir} is not a finished run: {name} is missing")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    assert isinstance(cfg, DictConfig)
+    input_shape, num_classes = input_spec(cfg)
+    method = build_method_from_config(cfg, input_shape, num_classes)
+    tensors = load_file(str(run_dir / "weights.safetensors"))
+    normalizer = Normalizer(torch.zeros(input_shape[0]), torch.ones(input_shape[0]))
+    normalizer.load_state_dict({k.removeprefix("normalizer."): v for k, v in tensors.items() if k.startswith("normalizer.")})
+    method.load_state_dict({k.removeprefix("method."): v for k, v in tensors.items() if k.startswith("method.")})
+    return method.to(device).eval(), normalizer.to(device), cfg
+
+
+def configure_threads(cfg: DictConfig) -> None:
+    threads = cfg.train.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir`` (resuming from its last checkpoint) and return its metrics."""
+    run_dir = Path(run_dir)
+    metrics_path, config_path = run_dir / "metrics.json", run_dir / "config.yaml"
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if config_path.exists():
+        saved = OmegaConf.load(config_path)
+        assert isinstance(saved, DictConfig)
+        if semantic_config(saved) != semantic_config(cfg):
+            raise ValueError(f"{run_dir} holds a run with another config; choose another output_dir or remove it")
+    if metrics_path.exists():
+        log.info("%s already finished; skipping (remove metrics.json to run it again)", run_dir)
+        from mimmo.io import read_json
+        return read_json(metrics_path)
+    configure_threads(cfg)
+    splits = load_splits(cfg)
+    method = build_method_from_config(cfg, splits.input_shape, splits.num_classes)
+    normalizer = Normalizer.fit(splits.train.images)
+    write_text_atomic(config_path, OmegaConf.to_yaml(cfg, resolve=True))
+    module = MethodModule(method, normalizer, splits, cfg)
+    if cfg.train.channels_last:
+        method.to(memory_format=torch.channels_last)
+    trainer = L.Trainer(
+        max_epochs=cfg.train.epochs, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
+        num_nodes=cfg.train.num_nodes, strategy=cfg.train.strategy, precision=cfg.train.precision,
+        logger=CSVLogger(str(run_dir), name="log", version=""),
+        callbacks=[AtomicCheckpoint(dirpath=str(run_dir / "checkpoints"), save_top_k=0, save_last=True,
+                                    enable_version_counter=False)],
+        enable_progress_bar=bool(cfg.train.progress_bar), enable_model_summary=False,
+        log_every_n_steps=cfg.train.log_every_n_steps, num_sanity_val_steps=0, default_root_dir=str(run_dir))
+    resume = str(checkpoint) if checkpoint.exists() else None
+    if resume:
+        log.info("resuming %s from %s", run_dir, checkpoint)
+    start = time.perf_counter()
+    trainer.fit(module, ckpt_path=resume)
+    train_seconds = time.perf_counter() - start
+    if not trainer.is_global_zero:
+        return {}
+    metrics = finish_run(run_dir, cfg, method, normalizer, splits, module.exit_weight_history, train_seconds,
+                         module.device)
+    return metrics
+
+
+def finish_run(run_dir: Path, cfg: DictConfig, method: Method, normalizer: Normalizer, splits: Splits,
+               exit_weight_history: list, train_seconds: float, device: torch.device) -> dict[str, Any]:
+    """Evaluate the final model, save its weights and write metrics.json (last, atomically)."""
+    start = time.perf_counter()
+    method = method.to(device).eval()
+    normalizer = normalizer.to(device)
+    batch = int(cfg.train.eval_batch_size)
+    results: dict[str, Any] = {
+        "format_version": FORMAT_VERSION, "method": cfg.method.name, "dataset": cfg.data.name,
+        "num_members": method.num_members, "num_exits": method.num_exits, "seed": int(cfg.seed),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    results["test"] = classification_metrics(
+        predict_log_probs(method, normalizer, splits.test.images, batch, device), splits.test.labels)
+    results["validation"] = classification_metrics(
+        predict_log_probs(method, normalizer, splits.validation.images, batch, device), splits.validation.labels)
+    cost = count_cost(method, splits.input_shape)
+    results["cost"] = {"flops": cost.flops, "params": cost.params}
+    weights = method.exit_weights()
+    results["exit_weights"] = None if weights is None else weights.cpu().tolist()
+    results["exit_weights_history"] = exit_weight_history or None
+    results["time"] = {"train_seconds": train_seconds, "evaluate_seconds": time.perf_counter() - start}
+    save_weights(run_dir / "weights.safetensors", method.cpu(), normalizer.cpu())
+    write_json_atomic(run_dir / "metrics.json", results)
+    return results
+
+
+def epochs_per_second(metrics: dict[str, Any]) -> float:
+    return metrics["config"]["train"]["epochs"] / max(metrics["time"]["train_seconds"], math.ulp(1.0))
