@@ -84,6 +84,10 @@ class Method(nn.Module):
     num_members: int = 1
     num_exits: int = 1
     num_classes: int
+    # How many independently shuffled copies of the training set a training batch carries. With S > 1
+    # the loader passes x (B, S, C, ...) and y (B, S) to training_loss, stream s being its own shuffle
+    # (the Ensemble: one stream per member, each member with its own data order).
+    data_streams: int = 1
 
     def forward(self, x: Tensor) -> Prediction:  # pragma: no cover - abstract
         raise NotImplementedError

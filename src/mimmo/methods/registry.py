@@ -7,15 +7,28 @@ from collections.abc import Mapping
 from typing import Any
 
 from mimmo.methods.base import Base, Method
+from mimmo.methods.datamux import DataMUX
+from mimmo.methods.dun import DUN
+from mimmo.methods.early_exit import EarlyExit
+from mimmo.methods.ensemble import Ensemble
+from mimmo.methods.mc_dropout import MCDropout
 from mimmo.methods.mimmo import MIMMO, MIMMOGamma
 from mimmo.methods.mimo import MIMO
+from mimmo.methods.mixmo import MixMo
 from mimmo.models.backbone import BackboneFactory
 
+# In the paper's row order.
 METHODS: dict[str, type[Method]] = {
     "base": Base,
+    "ensemble": Ensemble,
+    "mc_dropout": MCDropout,
+    "dun": DUN,
+    "early_exit": EarlyExit,
     "mimo": MIMO,
-    "mimmo": MIMMO,
+    "datamux": DataMUX,
+    "mixmo": MixMo,
     "mimmo_gamma": MIMMOGamma,
+    "mimmo": MIMMO,
 }
 
 

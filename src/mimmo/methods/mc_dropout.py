@@ -1,0 +1,70 @@
+"""MC Dropout (Gal & Ghahramani, 2016): dropout that stays on at test, averaged over samples (SPEC §5).
+
+Element-wise dropout with rate p sits right before every Conv2d and Linear of the backbone except the
+stem's first layer (the raw input is never dropped). Training uses one stochastic pass; a prediction
+averages ``num_samples`` passes in probability space, computed as one pass over the batch tiled
+``num_samples`` times. M = num_samples, D = 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mimmo.methods.base import LossOutput, Method, Prediction, Progress, require
+from mimmo.models.backbone import BackboneFactory, check_backbone, first_layer
+
+
+class AlwaysDropout(nn.Dropout):
+    """Element-wise inverted dropout that is active in training and at test."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(x, self.p, training=True, inplace=False)
+
+
+def insert_dropout(module: nn.Module, p: float, skip: nn.Module) -> int:
+    """Replace every Conv2d / Linear below ``module`` except ``skip`` by Sequential(AlwaysDropout(p), layer).
+
+    Returns how many layers were wrapped.
+    """
+    wrapped = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Conv2d | nn.Linear):
+            if child is not skip:
+                setattr(module, name, nn.Sequential(AlwaysDropout(p), child))
+                wrapped += 1
+        else:
+            wrapped += insert_dropout(child, p, skip)
+    return wrapped
+
+
+class MCDropout(Method):
+    """One backbone with always-on dropout; logits (B, 1, S, K) over S = num_samples passes."""
+
+    name = "mc_dropout"
+
+    def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int, p: float = 0.15,
+                 num_samples: int = 10) -> None:
+        super().__init__()
+        require(isinstance(p, int | float) and 0.0 <= p < 1.0,
+                f"dropout rate p must lie in [0, 1), got {p!r}")
+        require(isinstance(num_samples, int) and num_samples >= 1,
+                f"num_samples (test-time passes) must be an integer >= 1, got {num_samples!r}")
+        self.num_classes = num_classes
+        self.p = float(p)
+        self.num_samples = num_samples
+        self.num_members = num_samples
+        self.backbone = check_backbone(backbone(in_channels, num_classes))
+        insert_dropout(self.backbone, self.p, skip=first_layer(self.backbone.stem))
+        self.register_buffer("uniform_weights", torch.ones(1, num_samples), persistent=False)
+
+    def forward(self, x: Tensor) -> Prediction:
+        batch = x.shape[0]
+        tiled = x.repeat(self.num_samples, *([1] * (x.dim() - 1)))  # sample-major: row s*B + b
+        logits = self.backbone(tiled).unflatten(0, (self.num_samples, batch)).transpose(0, 1)  # (B, S, K)
+        return Prediction(logits[:, None], self.uniform_weights)
+
+    def training_loss(self, x: Tensor, y: Tensor, progress: Progress) -> LossOutput:
+        nll = F.cross_entropy(self.backbone(x).float(), y)
+        return LossOutput(nll, {"nll": nll.detach()})
