@@ -1,0 +1,37 @@
+"""Reports from saved run folders: the paper's tables (Markdown, LaTeX, CSV) and figures (PNG).
+
+``report(paths, out_dir)`` loads every run under ``paths``, groups the seeds of each setting, writes the
+tables into ``out_dir`` and the figures into ``out_dir/figures``, and returns the Markdown. It never
+retrains anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from mimmo.report.figures import make_figures
+from mimmo.report.runs import Run, RunGroup, SkippedRunsWarning, group_runs, load_runs
+from mimmo.report.tables import build_tables, write_tables
+
+REPORT_FILE = "report.md"
+
+
+def report(paths: Iterable[str | Path], out_dir: str | Path, figures: bool = True) -> str:
+    """Load the runs under ``paths``, write tables (and figures) into ``out_dir`` and ``report.md``; return
+    the Markdown."""
+    out_dir = Path(out_dir)
+    groups = group_runs(load_runs(list(paths)))
+    markdown, _ = write_tables(groups, out_dir)
+    text = "# Results\n\n" + markdown
+    if figures:
+        written = make_figures(groups, out_dir / "figures")
+        if written:
+            text += "\n## Figures\n\n" + "\n".join(
+                f"![{path.stem}]({path.relative_to(out_dir).as_posix()})" for path in written) + "\n"
+    (out_dir / REPORT_FILE).write_text(text, encoding="utf-8")
+    return text
+
+
+__all__ = ["Run", "RunGroup", "SkippedRunsWarning", "build_tables", "group_runs", "load_runs", "make_figures",
+           "report", "write_tables"]

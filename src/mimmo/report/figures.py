@@ -1,0 +1,399 @@
+"""The paper's figures from saved runs (PNG, matplotlib's object API with the Agg canvas: no pyplot state).
+
+Each ``*_figure`` function takes run groups (see :func:`mimmo.report.runs.group_runs`), writes one PNG and
+returns its path, or returns None when the groups hold nothing to plot. :func:`make_figures` makes every
+figure the given runs support.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+from mimmo.data.shifts import SHIFTS, set_name
+from mimmo.report.runs import Run, RunGroup, group_runs, mean_std
+from mimmo.report.tables import (
+    DISPLAY_NAMES,
+    MEMBER_INDEPENDENT,
+    SETTING_NAMES,
+    build_tables,
+    format_setting,
+    method_rank,
+)
+
+METRICS = (("accuracy", "Accuracy"), ("nll", "NLL [nats]"), ("ece", "ECE"), ("brier", "Brier"))
+MEMBER_COLOURS = {1: "tab:grey", 2: "tab:red", 4: "tab:green", 8: "tab:blue"}  # as the paper's Fig. 5/6
+MARKERS = ("o", "s", "v", "^", "D", "*", "X", "P", "h", "<", ">")
+DPI = 120
+
+
+def _label(group: RunGroup) -> str:
+    """A label unique across tables: the display name, M for ensemble-size methods, the ablation settings."""
+    name = DISPLAY_NAMES.get(group.method, group.method)
+    extras = [] if group.method in MEMBER_INDEPENDENT else [f"M={group.num_members}"]
+    extras += [f"{SETTING_NAMES.get(k, k)}={format_setting(v)}" for k, v in group.variant]
+    return f"{name} ({', '.join(extras)})" if extras else name
+
+
+def _colour(index: int) -> str:
+    """The index-th colour of matplotlib's default cycle: every group of a figure gets its own."""
+    return f"C{index % 10}"
+
+
+def _linestyle(index: int) -> str:
+    return ("-", "--", ":", "-.")[(index // 10) % 4]
+
+
+def sort_groups(groups: Sequence[RunGroup]) -> list[RunGroup]:
+    """The paper's method order, then dataset, M and the ablation settings."""
+    return sorted(groups, key=lambda g: (method_rank(g.method), g.dataset, g.num_members,
+                                         tuple(format_setting(v) for _, v in g.variant)))
+
+
+def _member_colour(num_members: int) -> Any:
+    return MEMBER_COLOURS.get(num_members, f"C{(num_members + 3) % 10}")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
+
+
+def _group_slug(group: RunGroup) -> str:
+    variant = "_".join(f"{k.split('.')[-1]}={v}" for k, v in group.variant)
+    return _slug(f"{group.dataset}_{group.method}_M{group.num_members}" + (f"_{variant}" if variant else ""))
+
+
+def _save(figure: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI, format="png")
+    return path
+
+
+def _grid(count: int, max_columns: int = 4, size: tuple[float, float] = (3.2, 3.0)) -> tuple[Figure, list]:
+    columns = min(count, max_columns)
+    rows = math.ceil(count / columns)
+    figure = Figure(figsize=(size[0] * columns, size[1] * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).flatten().tolist()
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return figure, axes[:count]
+
+
+def _metric_value(run: Run, block: str, key: str) -> Any:
+    return run.get("test", key) if block == "test" else run.get("shifted", "summary", key, "mean")
+
+
+# --- reliability -----------------------------------------------------------------------------------------
+
+def pooled_reliability(group: RunGroup) -> dict[str, np.ndarray] | None:
+    """The reliability bins of every seed pooled (counts summed, means weighted by counts)."""
+    bins = [run.get("test", "reliability") for run in group.runs]
+    bins = [b for b in bins if b and b.get("count")]
+    if not bins:
+        return None
+    count = np.sum([np.asarray(b["count"], dtype=float) for b in bins], axis=0)
+    safe = np.maximum(count, 1.0)
+    confidence = np.sum([np.asarray(b["confidence"]) * np.asarray(b["count"]) for b in bins], axis=0) / safe
+    accuracy = np.sum([np.asarray(b["accuracy"]) * np.asarray(b["count"]) for b in bins], axis=0) / safe
+    edges = np.asarray(bins[0].get("edges") or np.linspace(0.0, 1.0, len(count) + 1))
+    return {"edges": edges, "count": count, "confidence": confidence, "accuracy": accuracy}
+
+
+def reliability_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | None:
+    """A reliability diagram per method: accuracy per confidence bin against the diagonal."""
+    pooled = [(g, pooled_reliability(g)) for g in groups]
+    pooled = [(g, p) for g, p in pooled if p is not None]
+    if not pooled:
+        return None
+    figure, axes = _grid(len(pooled), max_columns=5, size=(2.8, 2.8))
+    for index, (ax, (group, bins)) in enumerate(zip(axes, pooled, strict=True)):
+        edges, filled = bins["edges"], bins["count"] > 0
+        centres, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+        ax.bar(centres[filled], bins["accuracy"][filled], width=widths[filled],
+               color=_colour(index), edgecolor="black", linewidth=0.5, label="accuracy")
+        ax.bar(centres[filled], bins["confidence"][filled] - bins["accuracy"][filled],
+               bottom=bins["accuracy"][filled], width=widths[filled], color="tab:red", alpha=0.3,
+               edgecolor="tab:red", linewidth=0.5, label="gap")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+        ece, _ = group.metric("test", "ece")
+        ax.set_title(f"{_label(group)}\nECE {ece:.3f}", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+    axes[0].legend(fontsize=7, loc="upper left")
+    return _save(figure, path)
+
+
+# --- exit weights ----------------------------------------------------------------------------------------
+
+def _mean_array(arrays: list[Any]) -> np.ndarray | None:
+    arrays = [np.asarray(a, dtype=float) for a in arrays if a is not None]
+    if not arrays or any(a.shape != arrays[0].shape for a in arrays):
+        return np.asarray(arrays[0], dtype=float) if arrays else None
+    return np.mean(arrays, axis=0)
+
+
+def exit_weights_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | None:
+    """The learned exit weights theta (D, M): one bar group per member, one bar per exit (mean over seeds)."""
+    tables = [(g, _mean_array([run.get("exit_weights") for run in g.runs])) for g in groups]
+    tables = [(g, t) for g, t in tables if t is not None and t.ndim == 2 and t.shape[0] > 1]
+    if not tables:
+        return None
+    figure, axes = _grid(len(tables), max_columns=3, size=(4.0, 3.0))
+    for ax, (group, weights) in zip(axes, tables, strict=True):
+        num_exits, num_members = weights.shape
+        width = 0.8 / num_exits
+        for i in range(num_exits):
+            ax.bar(np.arange(num_members) + (i - (num_exits - 1) / 2) * width, weights[i], width=width,
+                   label=f"exit {i + 1}", color=f"C{i}")
+        ax.axhline(1.0 / num_exits, color="black", linestyle=":", linewidth=0.8)
+        ax.set_xticks(np.arange(num_members), [f"member {m + 1}" for m in range(num_members)], fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("θ")
+        ax.set_title(_label(group), fontsize=9)
+    axes[0].legend(fontsize=7)
+    return _save(figure, path)
+
+
+def exit_weights_history_figure(group: RunGroup, path: str | Path) -> Path | None:
+    """theta over the epochs: one panel per member, one line per exit (mean over seeds)."""
+    history = _mean_array([run.get("exit_weights_history") for run in group.runs])
+    if history is None or history.ndim != 3 or history.shape[0] == 0:
+        return None
+    num_epochs, num_exits, num_members = history.shape
+    figure, axes = _grid(num_members, max_columns=4, size=(3.0, 2.6))
+    epochs = np.arange(1, num_epochs + 1)
+    for m, ax in enumerate(axes):
+        for i in range(num_exits):
+            ax.plot(epochs, history[:, i, m], label=f"exit {i + 1}", color=f"C{i}",
+                    marker="." if num_epochs < 30 else None)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("θ")
+        ax.set_title(f"member {m + 1}", fontsize=9)
+    axes[0].legend(fontsize=7)
+    figure.suptitle(f"{_label(group)}: exit weights over training", fontsize=10)
+    return _save(figure, path)
+
+
+# --- shifts ----------------------------------------------------------------------------------------------
+
+def shift_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | None:
+    """Each metric against the level of each of the 5 shifts, one line per method (mean ± std over seeds)."""
+    groups = [g for g in groups if any(run.get("shifted", "sets") for run in g.runs)]
+    if not groups:
+        return None
+    kinds = list(SHIFTS)
+    figure = Figure(figsize=(3.0 * len(kinds), 2.5 * len(METRICS)), layout="constrained")
+    axes = figure.subplots(len(METRICS), len(kinds), squeeze=False)
+    for row, (key, title) in enumerate(METRICS):
+        for col, kind in enumerate(kinds):
+            ax = axes[row][col]
+            levels = SHIFTS[kind]
+            for index, group in enumerate(groups):
+                stats = [group.metric("shifted", "sets", set_name(kind, level), key) for level in levels]
+                means, stds = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
+                if np.isnan(means).all():
+                    continue
+                ax.errorbar(np.arange(len(levels)), means, yerr=stds, label=_label(group), capsize=2,
+                            color=_colour(index), linestyle=_linestyle(index), marker="o", markersize=3,
+                            linewidth=1)
+            ax.set_xticks(np.arange(len(levels)), [f"{level:g}" for level in levels], fontsize=7)
+            if row == 0:
+                ax.set_title(kind)
+            if row == len(METRICS) - 1:
+                ax.set_xlabel("level")
+            if col == 0:
+                ax.set_ylabel(title)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper", fontsize=7)
+    return _save(figure, path)
+
+
+# --- cost ------------------------------------------------------------------------------------------------
+
+def cost_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | None:
+    """Accuracy and NLL against FLOPs [M], one point per method and M (mean ± std over seeds); the marker
+    says M."""
+    points = []
+    for group in groups:
+        flops, _ = group.metric("cost", "flops")
+        if not math.isnan(flops):
+            points.append((group, flops / 1e6))
+    if not points:
+        return None
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    axes = figure.subplots(1, 2)
+    sizes = sorted({g.num_members for g, _ in points})
+    for ax, (key, title) in zip(axes, METRICS[:2], strict=True):
+        for index, (group, flops) in enumerate(points):
+            mean, std = group.metric("test", key)
+            if math.isnan(mean):
+                continue
+            marker = MARKERS[sizes.index(group.num_members) % len(MARKERS)]
+            ax.errorbar([flops], [mean], yerr=[std], marker=marker, color=_colour(index), capsize=2,
+                        linestyle="none", label=_label(group))
+        flops_values = [flops for _, flops in points]
+        if max(flops_values) >= 5 * min(flops_values):  # costs spread over decades (MC Dropout, Ensemble)
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("FLOPs [M]")
+        ax.set_ylabel(title)
+    axes[0].set_title("Accuracy vs cost")
+    axes[1].set_title("NLL vs cost")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper", fontsize=7)
+    return _save(figure, path)
+
+
+# --- ablations -------------------------------------------------------------------------------------------
+
+def _ablation_axes(figure: Figure) -> Any:
+    return figure.subplots(2, len(METRICS), squeeze=False)
+
+
+def _label_ablation_axes(axes: Any, xlabel: str) -> None:
+    for col, (_, title) in enumerate(METRICS):
+        axes[0][col].set_title(title)
+        axes[1][col].set_xlabel(xlabel)
+    axes[0][0].set_ylabel("test set")
+    axes[1][0].set_ylabel("shifted sets")
+
+
+def alpha_ablation_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | None:
+    """Fig. 5 kind: each metric against alpha (symmetric-log axis, so that alpha = 0 shows), colour = M;
+    upper row test set, lower row shifted sets. None unless the groups hold at least two alphas."""
+    points = [(g, g.setting("method.alpha")) for g in groups]
+    points = [(g, float(a)) for g, a in points if isinstance(a, (int, float))]
+    if len({a for _, a in points}) < 2:
+        return None
+    figure = Figure(figsize=(3.2 * len(METRICS), 6), layout="constrained")
+    axes = _ablation_axes(figure)
+    for row, block in enumerate(("test", "shifted")):
+        for col, (key, _) in enumerate(METRICS):
+            ax = axes[row][col]
+            for size in sorted({g.num_members for g, _ in points}):
+                series = sorted((a, *g.mean_std(lambda run, b=block, k=key: _metric_value(run, b, k)))
+                                for g, a in points if g.num_members == size)
+                alphas, means, stds = (np.array(v) for v in zip(*series, strict=True))
+                ax.errorbar(alphas, means, yerr=stds, color=_member_colour(size), marker="o", capsize=2,
+                            label=f"M = {size}")
+            ax.set_xscale("symlog", linthresh=1.0)
+    _label_ablation_axes(axes, "α")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper")
+    return _save(figure, path)
+
+
+def depth_width_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | None:
+    """Fig. 6 kind: each metric against FLOPs [M], colour = M, marker = (layers, width); upper row test set,
+    lower row shifted sets. None unless the groups hold at least two (layers, width) shapes."""
+    def shape(group: RunGroup) -> tuple[str, str]:
+        layers = group.setting("model.layers")
+        return (str(tuple(layers)) if isinstance(layers, (list, tuple)) else str(layers),
+                f"{group.setting('model.width', 1)}")
+
+    shapes = sorted({shape(g) for g in groups})
+    if len(shapes) < 2:
+        return None
+    figure = Figure(figsize=(3.2 * len(METRICS), 6), layout="constrained")
+    axes = _ablation_axes(figure)
+    for row, block in enumerate(("test", "shifted")):
+        for col, (key, _) in enumerate(METRICS):
+            ax = axes[row][col]
+            for group in groups:
+                mean, std = group.mean_std(lambda run, b=block, k=key: _metric_value(run, b, k))
+                flops, _ = group.metric("cost", "flops")
+                if math.isnan(mean) or math.isnan(flops):
+                    continue
+                layers, width = shape(group)
+                ax.errorbar([flops / 1e6], [mean], yerr=[std], color=_member_colour(group.num_members),
+                            marker=MARKERS[shapes.index((layers, width)) % len(MARKERS)], capsize=2,
+                            linestyle="none",
+                            label=f"M = {group.num_members}, layers {layers}, width {width}")
+    _label_ablation_axes(axes, "FLOPs [M]")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    figure.legend(list(unique.values()), list(unique.keys()), loc="outside right upper", fontsize=7)
+    return _save(figure, path)
+
+
+# --- feature reuse ---------------------------------------------------------------------------------------
+
+def feature_reuse_figure(group: RunGroup, path: str | Path) -> Path | None:
+    """Per-member L1 profiles of the stem (per output channel) and the head (per input feature), first seed,
+    with the overlap of every seed (mean ± std) in the titles."""
+    probes = [run.get("feature_reuse") for run in group.runs]
+    probe = next((p for p in probes if p), None)
+    if probe is None:
+        return None
+    parts = [(name, title) for name, title in (("input", "stem (per output channel)"),
+                                               ("output", "head (per input feature)")) if probe.get(name)]
+    if not parts:
+        return None
+    figure = Figure(figsize=(6 * len(parts), 3.2), layout="constrained")
+    axes = figure.subplots(1, len(parts), squeeze=False)[0]
+    for ax, (name, title) in zip(axes, parts, strict=True):
+        profiles = np.asarray(probe[name]["profiles"], dtype=float)
+        num_members, num_features = profiles.shape
+        if num_features <= 64:
+            width = 0.8 / num_members
+            for m in range(num_members):
+                ax.bar(np.arange(num_features) + (m - (num_members - 1) / 2) * width, profiles[m],
+                       width=width, label=f"member {m + 1}", color=f"C{m}")
+        else:
+            for m in range(num_members):
+                ax.plot(np.arange(num_features), profiles[m], label=f"member {m + 1}", color=f"C{m}",
+                        linewidth=0.8, alpha=0.8)
+        overlap, spread = mean_std([p[name]["overlap"] for p in probes if p and p.get(name)])
+        ax.set_title(f"{title}: overlap {overlap:.2f} ± {spread:.2f}", fontsize=9)
+        ax.set_xlabel("feature")
+        ax.set_ylabel("L1 norm / max")
+        ax.set_ylim(0, 1.05)
+    axes[0].legend(fontsize=7)
+    figure.suptitle(f"{_label(group)}: feature reuse", fontsize=10)
+    return _save(figure, path)
+
+
+# --- all -------------------------------------------------------------------------------------------------
+
+def make_figures(runs: Sequence[Run] | Sequence[RunGroup], out_dir: str | Path) -> list[Path]:
+    """Every figure the runs support, written into ``out_dir``; returns the files written."""
+    groups = list(runs) if runs and isinstance(runs[0], RunGroup) else group_runs(runs)  # type: ignore[arg-type]
+    groups = sort_groups(groups)
+    out_dir = Path(out_dir)
+    written: list[Path | None] = []
+    for table in build_tables(groups):
+        stem = table.stem.replace("table_", "", 1)
+        written += [reliability_figure(table.groups, out_dir / f"reliability_{stem}.png"),
+                    exit_weights_figure(table.groups, out_dir / f"exit_weights_{stem}.png"),
+                    shift_figure(table.groups, out_dir / f"shifts_{stem}.png")]
+    for dataset in sorted({g.dataset for g in groups}):
+        in_dataset = [g for g in groups if g.dataset == dataset]
+        written.append(cost_figure(in_dataset, out_dir / f"cost_{_slug(dataset)}.png"))
+        for method in sorted({g.method for g in in_dataset}, key=method_rank):
+            of_method = [g for g in in_dataset if g.method == method]
+            name = f"{_slug(dataset)}_{method}.png"
+            written.append(alpha_ablation_figure(of_method, out_dir / f"ablation_alpha_{name}"))
+            written.append(depth_width_figure(of_method, out_dir / f"ablation_depth_width_{name}"))
+    for group in groups:
+        name = f"{_group_slug(group)}.png"
+        written.append(exit_weights_history_figure(group, out_dir / f"exit_weights_history_{name}"))
+        written.append(feature_reuse_figure(group, out_dir / f"feature_reuse_{name}"))
+    return [path for path in written if path is not None]
+
+
+__all__ = ["alpha_ablation_figure", "cost_figure", "depth_width_figure", "exit_weights_figure",
+           "exit_weights_history_figure", "feature_reuse_figure", "make_figures", "pooled_reliability",
+           "reliability_figure", "shift_figure", "sort_groups"]

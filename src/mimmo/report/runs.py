@@ -1,0 +1,290 @@
+"""Saved runs: find and load run folders, group them by (dataset, method, M), aggregate over seeds.
+
+A run folder holds ``metrics.json`` (format :data:`FORMAT_VERSION`) and ``config.yaml``. Reports read
+only these files; they never retrain.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FORMAT_VERSION = 1
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+# Flattened config keys that may differ between the seeds of one group: the seed itself, where things are
+# written or read from, and how the hardware is used (training.NON_SEMANTIC_KEYS plus data.root and the
+# evaluation batch size). Keys under "hydra." are ignored too.
+IGNORED_SETTINGS = frozenset({
+    "seed", "output_dir", "run_dir", "data.root", "train.progress_bar", "train.log_every_n_steps",
+    "train.accelerator", "train.devices", "train.num_nodes", "train.strategy", "train.threads",
+    "train.eval_batch_size"})
+# Settings that may vary inside one (dataset, method, M): each value becomes its own group (a variant),
+# so that ablation sweeps (Fig. 5: alpha; Fig. 6: layers and width) can be reported together.
+ABLATION_SETTINGS = ("method.alpha", "model.layers", "model.planes", "model.width")
+REQUIRED_KEYS = ("method", "dataset", "num_members")
+
+
+class SkippedRunsWarning(UserWarning):
+    """Some given paths are not valid runs (missing, incomplete, unreadable, another format)."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One saved run: its folder, its metrics.json and its config (nested dicts)."""
+
+    path: Path
+    metrics: dict
+    config: dict
+
+    @property
+    def method(self) -> str:
+        return str(self.metrics["method"])
+
+    @property
+    def dataset(self) -> str:
+        return str(self.metrics["dataset"])
+
+    @property
+    def num_members(self) -> int:
+        return int(self.metrics["num_members"])
+
+    @property
+    def num_exits(self) -> int:
+        return int(self.metrics.get("num_exits") or 1)
+
+    @property
+    def seed(self) -> Any:
+        return self.metrics.get("seed", self.config.get("seed"))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The flattened config, like ``{"method.alpha": 1.0, ...}``."""
+        return flatten(self.config)
+
+    def get(self, *keys: str, default: Any = None) -> Any:
+        """A nested value of metrics.json, or ``default`` where any key is missing or a value is null."""
+        value: Any = self.metrics
+        for key in keys:
+            if not isinstance(value, dict) or value.get(key) is None:
+                return default
+            value = value[key]
+        return value
+
+    def setting(self, key: str, default: Any = None) -> Any:
+        return self.settings.get(key, default)
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> ``{"a.b": value}``; lists become tuples so that values compare and hash."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = _freeze(value)
+    return flat
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    return value
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _looks_like_run(folder: Path) -> bool:
+    """A folder a run wrote into: it has a config or checkpoints."""
+    return (folder / CONFIG_FILE).is_file() or (folder / "checkpoints").is_dir()
+
+
+def find_run_folders(path: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Run folders (with metrics.json) under ``path``, and the skipped ones with the reason."""
+    if not path.exists():
+        return [], [(path, "does not exist")]
+    if path.is_file():
+        if path.name == METRICS_FILE:
+            return [path.parent], []
+        return [], [(path, f"is a file, not a run folder or {METRICS_FILE}")]
+    if (path / METRICS_FILE).is_file():
+        return [path], []
+    runs = sorted(p.parent for p in path.rglob(METRICS_FILE) if not _is_hidden(p.parent, path))
+    skipped = []
+    candidates = [path, *(p for p in path.rglob("*") if p.is_dir() and not _is_hidden(p, path))]
+    for folder in sorted(candidates):
+        if _looks_like_run(folder) and not (folder / METRICS_FILE).exists() \
+                and not any(folder in run.parents for run in runs):
+            skipped.append((folder, f"has no {METRICS_FILE} (incomplete or crashed run)"))
+    if not runs and not skipped:
+        skipped.append((path, f"holds no {METRICS_FILE}"))
+    return runs, skipped
+
+
+def read_run(folder: Path) -> Run:
+    """Load one run folder; raise ValueError saying what is wrong with it."""
+    try:
+        metrics = json.loads((folder / METRICS_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"unreadable {METRICS_FILE} ({error})") from error
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{METRICS_FILE} does not hold a JSON object")
+    version = metrics.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"format_version {version!r}, this version of mimmo reads {FORMAT_VERSION}")
+    missing = [key for key in REQUIRED_KEYS if metrics.get(key) is None]
+    if missing:
+        raise ValueError(f"{METRICS_FILE} lacks {missing}")
+    config = metrics.get("config")
+    if not isinstance(config, dict):
+        config_path = folder / CONFIG_FILE
+        try:
+            config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ValueError(f"unreadable {CONFIG_FILE} ({error})") from error
+        if not isinstance(config, dict):
+            config = {}
+    return Run(folder, metrics, config)
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """Every valid run under ``paths`` (run folders or folders holding run folders, searched recursively).
+
+    Missing paths, folders without metrics.json, unreadable files and other format versions are skipped and
+    named in one :class:`SkippedRunsWarning`; ValueError if no valid run remains.
+    """
+    runs: list[Run] = []
+    skipped: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
+    for path in paths:
+        folders, bad = find_run_folders(Path(path))
+        skipped.extend(bad)
+        for folder in folders:
+            if folder.resolve() in seen:
+                continue
+            seen.add(folder.resolve())
+            try:
+                runs.append(read_run(folder))
+            except ValueError as error:
+                skipped.append((folder, str(error)))
+    if skipped:
+        lines = "\n".join(f"  {folder}: {reason}" for folder, reason in skipped)
+        warnings.warn(f"skipped {len(skipped)} path(s) that are not valid runs:\n{lines}", SkippedRunsWarning,
+                      stacklevel=2)
+    if not runs:
+        raise ValueError(f"no valid run found under {[str(p) for p in paths]}"
+                         + (f"; skipped: {[str(f) for f, _ in skipped]}" if skipped else ""))
+    return runs
+
+
+@dataclass(frozen=True)
+class RunGroup:
+    """The seeds of one setting: same dataset, method, M and config apart from the seed."""
+
+    dataset: str
+    method: str
+    num_members: int
+    variant: tuple[tuple[str, Any], ...]  # the ablation settings that single this group out, if any
+    runs: tuple[Run, ...] = field(repr=False)
+
+    @property
+    def seeds(self) -> list[Any]:
+        return [run.seed for run in self.runs]
+
+    def values(self, getter: Callable[[Run], Any]) -> list[float]:
+        """One value per run (None and NaN values left out)."""
+        out = []
+        for run in self.runs:
+            value = getter(run)
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                out.append(float(value))
+        return out
+
+    def mean_std(self, getter: Callable[[Run], Any]) -> tuple[float, float]:
+        """Mean and population std over seeds; (nan, nan) when no run has the value."""
+        return mean_std(self.values(getter))
+
+    def metric(self, *keys: str) -> tuple[float, float]:
+        """Mean and population std over seeds of a nested value of metrics.json."""
+        return self.mean_std(lambda run: run.get(*keys))
+
+    def setting(self, key: str, default: Any = None) -> Any:
+        return self.runs[0].setting(key, default)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (ddof 0); (nan, nan) for no values."""
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def _comparable(settings: dict[str, Any], ignore: frozenset[str]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in ignore and not k.startswith("hydra.")}
+
+
+def group_runs(runs: Iterable[Run], ignore: Iterable[str] = IGNORED_SETTINGS,
+               ablation: Sequence[str] = ABLATION_SETTINGS) -> list[RunGroup]:
+    """Group runs by (dataset, method, M) and, where they vary, by the ``ablation`` settings.
+
+    Inside a group the runs must agree on every other setting except those in ``ignore`` (flattened keys
+    like ``"train.devices"``); otherwise ValueError names the group and the differing keys and values.
+    """
+    ignore = frozenset(ignore)
+    by_key: dict[tuple, list[Run]] = {}
+    for run in runs:
+        by_key.setdefault((run.dataset, run.method, run.num_members), []).append(run)
+    groups = []
+    for (dataset, method, num_members), members in sorted(by_key.items(), key=lambda item: str(item[0])):
+        varying = [key for key in ablation if len({_freeze(run.setting(key)) for run in members}) > 1]
+        by_variant: dict[tuple, list[Run]] = {}
+        for run in members:
+            by_variant.setdefault(tuple((key, run.setting(key)) for key in varying), []).append(run)
+        for variant, variant_runs in sorted(by_variant.items(), key=lambda item: _sort_key(item[0])):
+            name = f"{method} on {dataset} with M={num_members}" + (
+                f" ({', '.join(f'{k}={v}' for k, v in variant)})" if variant else "")
+            _check_agreement(name, variant_runs, ignore)
+            seeds = [run.seed for run in variant_runs]
+            duplicates = sorted({str(s) for s in seeds if seeds.count(s) > 1})
+            if duplicates:
+                folders = [str(run.path) for run in variant_runs if str(run.seed) in duplicates]
+                raise ValueError(f"group {name}: seed(s) {duplicates} appear more than once ({folders}); "
+                                 "pass each run once")
+            ordered = tuple(sorted(variant_runs, key=lambda run: _order(run.seed)))
+            groups.append(RunGroup(dataset, method, num_members, variant, ordered))
+    return groups
+
+
+def _order(value: Any) -> tuple:
+    """Numbers before everything else, numbers by value, the rest by text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, str(value))
+
+
+def _sort_key(variant: tuple) -> tuple:
+    return tuple((k, _order(v)) for k, v in variant)
+
+
+def _check_agreement(name: str, runs: Sequence[Run], ignore: frozenset[str]) -> None:
+    reference = _comparable(runs[0].settings, ignore)
+    for run in runs[1:]:
+        other = _comparable(run.settings, ignore)
+        differing = sorted(k for k in reference.keys() | other.keys() if reference.get(k) != other.get(k))
+        if differing:
+            details = "; ".join(f"{k}: {reference.get(k)!r} ({runs[0].path}) vs {other.get(k)!r} ({run.path})"
+                                for k in differing)
+            raise ValueError(f"group {name}: runs differ in setting(s) other than the seed: {details}")

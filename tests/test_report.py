@@ -1,0 +1,250 @@
+"""Reports from fabricated run folders: loading, grouping, tables (exact text) and every figure."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mimmo.data.shifts import set_name, shifted_sets
+from mimmo.report import report
+from mimmo.report.figures import (
+    alpha_ablation_figure,
+    cost_figure,
+    depth_width_figure,
+    exit_weights_figure,
+    exit_weights_history_figure,
+    feature_reuse_figure,
+    make_figures,
+    reliability_figure,
+    shift_figure,
+)
+from mimmo.report.runs import SkippedRunsWarning, group_runs, load_runs, mean_std
+from mimmo.report.tables import build_tables, to_csv, to_latex, to_markdown, write_tables
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def config(method: str, num_members: int, seed: int, **overrides) -> dict:
+    cfg = {"seed": seed, "output_dir": f"/runs/{method}/{seed}",
+           "method": {"name": method, "num_members": num_members, "alpha": 1.0},
+           "model": {"name": "resnet", "layers": [1, 2, 3, 1], "planes": [16, 32, 64, 128], "width": 1.0},
+           "data": {"name": "embedded", "root": None},
+           "train": {"epochs": 2, "batch_size": 64, "lr": 0.005}}
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        cfg[section][name] = value
+    return cfg
+
+
+def write_run(folder: Path, method: str, num_members: int, seed: int, test: dict, shifted_accuracy: float,
+              flops: int, params: int, num_exits: int = 1, **overrides) -> Path:
+    """A run folder as the training code writes it: metrics.json and config.yaml."""
+    folder.mkdir(parents=True)
+    cfg = config(method, num_members, seed, **overrides)
+    sets = {}
+    for i, (kind, level) in enumerate(shifted_sets()):
+        scale = 1.0 - 0.03 * i
+        sets[set_name(kind, level)] = {"accuracy": test["accuracy"] * scale, "nll": test["nll"] / scale,
+                                       "ece": test["ece"] / scale, "brier": test["brier"] / scale,
+                                       "entropy": 1.0}
+    reliability = {"edges": [i / 15 for i in range(16)], "confidence": [(i + 0.5) / 15 for i in range(15)],
+                   "accuracy": [min(1.0, (i + 0.5) / 15 * 0.8) for i in range(15)], "count": [10] * 15}
+    metrics = {
+        "format_version": 1, "method": method, "dataset": "embedded", "num_members": num_members,
+        "num_exits": num_exits, "seed": seed, "config": cfg,
+        "test": {**test, "entropy": 1.0, "reliability": reliability},
+        "validation": dict(test),
+        "shifted": {"summary": {"accuracy": {"mean": shifted_accuracy, "std": 0.1},
+                                "nll": {"mean": 2 * test["nll"], "std": 1.0},
+                                "ece": {"mean": 2 * test["ece"], "std": 0.1},
+                                "brier": {"mean": 1.5 * test["brier"], "std": 0.001}},
+                    "sets": sets},
+        "cost": {"flops": flops, "params": params},
+        "exit_weights": None, "exit_weights_history": None, "feature_reuse": None,
+        "time": {"train_seconds": 1.0, "evaluate_seconds": 1.0},
+    }
+    if num_exits > 1:
+        weights = [[0.1 + 0.05 * m, 0.2, 0.3, 0.4 - 0.05 * m] for m in range(num_members)]
+        metrics["exit_weights"] = [list(row) for row in zip(*weights, strict=True)]  # (D, M)
+        metrics["exit_weights_history"] = [[[0.25] * num_members] * 4, metrics["exit_weights"]]
+    if num_members > 1:
+        metrics["feature_reuse"] = {
+            "input": {"profiles": [[1.0, 0.5, 0.2, 0.9]] * num_members, "overlap": 0.8},
+            "output": {"profiles": [[(i % 7) / 6 for i in range(100)]] * num_members, "overlap": 0.6}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return folder
+
+
+def results(accuracy: float, nll: float, ece: float, brier: float) -> dict:
+    return {"accuracy": accuracy, "nll": nll, "ece": ece, "brier": brier}
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    base_cost = (109_852_872, 1_756_340)
+    write_run(root / "base" / "0", "base", 1, 0, results(0.50, 3.96, 0.36, 0.0078), 0.24, *base_cost)
+    write_run(root / "base" / "1", "base", 1, 1, results(0.54, 3.92, 0.36, 0.0082), 0.26, *base_cost)
+    write_run(root / "mimo" / "0", "mimo", 2, 0, results(0.47, 3.53, 0.22, 0.00752), 0.21, 110_350_000,
+              1_810_000)
+    write_run(root / "mimmo" / "0", "mimmo", 2, 0, results(0.60, 1.49, 0.14, 0.00520), 0.31, 172_820_000,
+              2_040_000, num_exits=4)
+    write_run(root / "mimmo" / "1", "mimmo", 2, 1, results(0.62, 1.51, 0.14, 0.00524), 0.33, 172_820_000,
+              2_040_000, num_exits=4)
+    return root
+
+
+EXPECTED_TABLE = """\
+### embedded, M = 2
+
+| Method | Accuracy | NLL | ECE | Brier ×10³ | FLOPs [M] | Params [M] |
+|:--|--:|--:|--:|--:|--:|--:|
+| Base | 0.52 ± 0.02 | 3.94 ± 0.02 | 0.36 ± 0.00 | 8.00 ± 0.20 | 109.85 | 1.76 |
+| MIMO | 0.47 ± 0.00 | 3.53 ± 0.00 | 0.22 ± 0.00 | 7.52 ± 0.00 | 110.35 | 1.81 |
+| MIMMO | **0.61 ± 0.01** | **1.50 ± 0.01** | **0.14 ± 0.00** | **5.22 ± 0.02** | 172.82 | 2.04 |
+| *Shifted test sets (mean over the 25 sets)* | | | | | | |
+| Base | 0.25 ± 0.01 | 7.88 ± 0.04 | 0.72 ± 0.00 | 12.00 ± 0.30 | 109.85 | 1.76 |
+| MIMO | 0.21 ± 0.00 | 7.06 ± 0.00 | 0.44 ± 0.00 | 11.28 ± 0.00 | 110.35 | 1.81 |
+| MIMMO | **0.32 ± 0.01** | **3.00 ± 0.02** | **0.28 ± 0.00** | **7.83 ± 0.03** | 172.82 | 2.04 |
+
+Mean ± std (population) over seeds; seeds per row: Base 2, MIMO 1, MIMMO 2.
+"""
+
+
+def test_load_group_and_table(runs_dir: Path, tmp_path: Path):
+    runs = load_runs([runs_dir])
+    assert len(runs) == 5
+    groups = group_runs(runs)
+    assert [(g.method, g.num_members, len(g.runs)) for g in groups] == [("base", 1, 2), ("mimmo", 2, 2),
+                                                                         ("mimo", 2, 1)]
+    tables = build_tables(groups)
+    assert len(tables) == 1 and tables[0].num_members == 2
+    assert to_markdown(tables[0]) == EXPECTED_TABLE
+    latex = to_latex(tables[0])
+    assert r"MIMMO & $\textbf{0.61} \pm \textbf{0.01}$ & $\textbf{1.50} \pm \textbf{0.01}$" in latex
+    base_row = (r"Base & $0.52 \pm 0.02$ & $3.94 \pm 0.02$ & $0.36 \pm 0.00$ & $8.00 \pm 0.20$ & "
+                r"109.85 & 1.76 \\")
+    assert base_row in latex
+    assert latex.count(r"\midrule") == 2
+    csv_lines = to_csv(tables[0]).splitlines()
+    assert csv_lines[0].startswith("dataset,block,method,label,num_members,num_seeds,accuracy_mean,")
+    assert csv_lines[1].startswith("embedded,test,base,Base,1,2,0.52")
+    assert len(csv_lines) == 7
+    markdown, paths = write_tables(groups, tmp_path / "out")
+    assert markdown == EXPECTED_TABLE
+    assert sorted(p.name for p in paths) == ["table_embedded_M2.csv", "table_embedded_M2.md",
+                                             "table_embedded_M2.tex"]
+
+
+def test_mean_std_is_population():
+    assert mean_std([1.0, 3.0]) == (2.0, 1.0)
+
+
+def test_paper_order_and_base_in_every_table(runs_dir: Path):
+    write_run(runs_dir / "mimmo4" / "0", "mimmo", 4, 0, results(0.6, 1.5, 0.14, 0.005), 0.3, 174_110_000,
+              2_150_000, num_exits=4)
+    write_run(runs_dir / "gamma" / "0", "mimmo_gamma", 2, 0, results(0.62, 1.5, 0.16, 0.0052), 0.32,
+              172_820_000, 2_040_000, num_exits=4)
+    tables = build_tables(group_runs(load_runs([runs_dir])))
+    assert [t.num_members for t in tables] == [2, 4]
+    first_column = [line.split(" | ")[0] for line in to_markdown(tables[0]).splitlines()[4:7]]
+    assert first_column == ["| Base", "| MIMO", "| MIMMO γ"]
+    second_column = [line.split(" | ")[0] for line in to_markdown(tables[1]).splitlines()[4:6]]
+    assert second_column == ["| Base", "| MIMMO"]
+
+
+def test_mismatched_settings_raise_naming_the_key(runs_dir: Path):
+    write_run(runs_dir / "mimo" / "1", "mimo", 2, 1, results(0.47, 3.5, 0.2, 0.0075), 0.2, 110_350_000,
+              1_810_000, train__lr=0.01)
+    with pytest.raises(ValueError, match=r"mimo on embedded with M=2.*train\.lr: 0\.005.* vs 0\.01"):
+        group_runs(load_runs([runs_dir]))
+
+
+def test_ablation_settings_become_rows(runs_dir: Path):
+    write_run(runs_dir / "mimmo_a100" / "0", "mimmo", 2, 0, results(0.63, 1.4, 0.12, 0.005), 0.34,
+              172_820_000, 2_040_000, num_exits=4, method__alpha=100.0)
+    groups = group_runs(load_runs([runs_dir]))
+    labels = [line.split(" | ")[0] for line in to_markdown(build_tables(groups)[0]).splitlines()[4:8]]
+    assert labels == ["| Base", "| MIMO", "| MIMMO (α=1)", "| MIMMO (α=100)"]
+
+
+def test_incomplete_and_invalid_folders_are_skipped_and_named(runs_dir: Path, tmp_path: Path):
+    (runs_dir / "crashed" / "checkpoints").mkdir(parents=True)
+    bad_json = runs_dir / "broken"
+    bad_json.mkdir()
+    (bad_json / "metrics.json").write_text("{not json")
+    old = write_run(runs_dir / "old", "mimo", 2, 5, results(0.4, 3.0, 0.2, 0.007), 0.2, 1, 1)
+    metrics = json.loads((old / "metrics.json").read_text())
+    metrics["format_version"] = 0
+    (old / "metrics.json").write_text(json.dumps(metrics))
+    missing = tmp_path / "nowhere"
+    with pytest.warns(SkippedRunsWarning) as record:
+        runs = load_runs([runs_dir, missing])
+    assert len(runs) == 5
+    message = str(record[0].message)
+    for name in ("crashed", "broken", "old", "nowhere", "format_version 0", "unreadable"):
+        assert name in message
+    with pytest.warns(SkippedRunsWarning), pytest.raises(ValueError, match="no valid run"):
+        load_runs([runs_dir / "crashed"])
+
+
+def test_report_writes_tables_figures_and_markdown(runs_dir: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    text = report([runs_dir], out)
+    assert EXPECTED_TABLE in text
+    assert (out / "report.md").read_text() == text
+    assert (out / "table_embedded_M2.tex").is_file()
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert "reliability_embedded_M2.png" in figures and "shifts_embedded_M2.png" in figures
+    assert "cost_embedded.png" in figures and "exit_weights_embedded_M2.png" in figures
+    assert "feature_reuse_embedded_mimmo_M2.png" in figures
+    assert "exit_weights_history_embedded_mimmo_M2.png" in figures
+    assert not any(name.startswith("ablation") for name in figures)  # one alpha, one shape: no ablation
+
+
+def _assert_png(path: Path | None) -> None:
+    assert path is not None and path.is_file() and path.stat().st_size > 1000
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_every_figure_function_writes_a_png(runs_dir: Path, tmp_path: Path):
+    for alpha, seed_acc in ((0.0, 0.55), (100.0, 0.63), (45000.0, 0.64)):
+        write_run(runs_dir / f"alpha{alpha:g}", "mimmo", 2, 0, results(seed_acc, 1.4, 0.12, 0.005), 0.3,
+                  172_820_000, 2_040_000, num_exits=4, method__alpha=alpha)
+    write_run(runs_dir / "deep", "mimmo", 4, 0, results(0.65, 1.3, 0.1, 0.0048), 0.35, 300_000_000, 4_000_000,
+              num_exits=4, model__layers=[2, 4, 6, 2], model__width=2.0)
+    groups = group_runs(load_runs([runs_dir]))
+    out = tmp_path / "figs"
+    mimmo = [g for g in groups if g.method == "mimmo"]
+    _assert_png(reliability_figure(groups, out / "reliability.png"))
+    _assert_png(exit_weights_figure(groups, out / "theta.png"))
+    _assert_png(exit_weights_history_figure(mimmo[0], out / "theta_history.png"))
+    _assert_png(shift_figure(groups, out / "shifts.png"))
+    _assert_png(cost_figure(groups, out / "cost.png"))
+    _assert_png(alpha_ablation_figure(mimmo, out / "alpha.png"))
+    _assert_png(depth_width_figure(mimmo, out / "depth_width.png"))
+    _assert_png(feature_reuse_figure(mimmo[0], out / "feature_reuse.png"))
+    base = [g for g in groups if g.method == "base"]
+    assert exit_weights_figure(base, out / "none.png") is None
+    assert feature_reuse_figure(base[0], out / "none.png") is None
+    assert alpha_ablation_figure(base, out / "none.png") is None
+    written = make_figures(load_runs([runs_dir]), tmp_path / "all")
+    names = {p.name for p in written}
+    assert "ablation_alpha_embedded_mimmo.png" in names and "ablation_depth_width_embedded_mimmo.png" in names
+    for path in written:
+        _assert_png(path)
+
+
+def test_config_is_read_from_yaml_when_metrics_lacks_it(runs_dir: Path):
+    folder = runs_dir / "mimo" / "0"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    expected = copy.deepcopy(metrics["config"])
+    del metrics["config"]
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    run = next(r for r in load_runs([folder]))
+    assert run.config == expected
