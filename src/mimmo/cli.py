@@ -45,10 +45,35 @@ def train_command(overrides: list[str]) -> None:
     _train_main()
 
 
+def cost_table_command(overrides: list[str]) -> None:
+    """``mimmo cost --table [--members 2,4,8] [model/data overrides]``: every method, the paper's layout."""
+    from mimmo.evaluation.cost_table import cost_table, format_cost_table
+    from mimmo.training import build_backbone_factory, check_input_fits, input_spec
+
+    members = [2, 4, 8]
+    if "--members" in overrides:
+        position = overrides.index("--members")
+        try:
+            members = [int(m) for m in overrides[position + 1].split(",")]
+        except (IndexError, ValueError) as error:
+            raise SystemExit(f"--members takes a comma-separated list of integers, e.g. 2,4,8 ({error})") from error
+        overrides = overrides[:position] + overrides[position + 2:]
+    cfg = compose([o for o in overrides if o != "--table"])
+    input_shape, num_classes = input_spec(cfg)
+    factory = build_backbone_factory(cfg.model)
+    check_input_fits(factory, input_shape)
+    print(f"{cfg.data.name} {input_shape}, {num_classes} classes, model {dict(cfg.model)}\n")
+    for num_members in members:
+        print(format_cost_table(cost_table(num_members, input_shape, num_classes, factory), num_members))
+
+
 def cost_command(overrides: list[str]) -> None:
     from mimmo.evaluation.cost import count_cost
     from mimmo.training import build_method_from_config, input_spec
 
+    if "--table" in overrides:
+        cost_table_command(overrides)
+        return
     cfg = compose(overrides)
     input_shape, num_classes = input_spec(cfg)
     method = build_method_from_config(cfg, input_shape, num_classes)
@@ -70,6 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     evaluate = commands.add_parser("evaluate", help="evaluate a finished run folder again")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--device", default="cpu")
+    report = commands.add_parser("report", help="tables and figures from saved run folders (never retrains)")
+    report.add_argument("paths", nargs="+", help="run folders, or folders that contain run folders")
+    report.add_argument("--out", default="reports", help="where the tables and figures go")
+    report.add_argument("--no-figures", action="store_true")
     demo = commands.add_parser("demo", help="train Base, MIMO and MIMMO on the embedded data; print a table")
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("--epochs", type=int, default=None, help="override the fast preset's epochs")
@@ -82,9 +111,17 @@ def main(argv: list[str] | None = None) -> None:
         return
     args = parser.parse_args(argv)
     if args.command == "evaluate":
-        from mimmo.evaluation.run import evaluate_run
+        from mimmo.training import evaluate_run
 
-        evaluate_run(args.run_dir, device=args.device)
+        results = evaluate_run(args.run_dir, device=args.device)
+        test, shifted = results["test"], results["shifted"]
+        print(f"{args.run_dir}: test accuracy {test['accuracy']:.4f}, NLL {test['nll']:.4f}, ECE {test['ece']:.4f}, "
+              f"Brier {test['brier']:.5f}" + ("" if shifted is None else
+              f"; shifted mean accuracy {shifted['summary']['accuracy']['mean']:.4f}") + " (metrics.json updated)")
+    elif args.command == "report":
+        from mimmo.report import report as make_report
+
+        print(make_report(args.paths, args.out, figures=not args.no_figures))
     elif args.command == "demo":
         from mimmo.demo import run_demo
 

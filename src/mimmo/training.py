@@ -8,7 +8,6 @@ method and its input normaliser) and ``metrics.json`` (written last: its presenc
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -24,8 +23,10 @@ from safetensors.torch import load_file, save_file
 from mimmo.data.datasets import DATASET_SHAPES, DATASETS, Normalizer, Splits, load_dataset
 from mimmo.data.loader import BatchLoader
 from mimmo.evaluation.cost import count_cost
+from mimmo.evaluation.evaluate import evaluate_method, predict_log_probs
 from mimmo.evaluation.metrics import classification_metrics
-from mimmo.io import write_json_atomic, write_text_atomic
+from mimmo.evaluation.probes import feature_reuse
+from mimmo.io import read_json, write_json_atomic, write_text_atomic
 from mimmo.methods.base import Method, Progress
 from mimmo.methods.registry import build_method
 from mimmo.models.backbone import BackboneFactory
@@ -222,15 +223,6 @@ def input_spec(cfg: DictConfig) -> tuple[tuple[int, ...], int]:
     return DATASET_SHAPES[cfg.data.name]
 
 
-@torch.inference_mode()
-def predict_log_probs(method: Method, normalizer: Normalizer, images: torch.Tensor, batch_size: int,
-                      device: torch.device) -> torch.Tensor:
-    method.eval()
-    outputs = [method(normalizer(images[i:i + batch_size].to(device))).log_probs().cpu()
-               for i in range(0, len(images), batch_size)]
-    return torch.cat(outputs)
-
-
 def save_weights(path: Path, method: Method, normalizer: Normalizer) -> None:
     tensors = {f"method.{k}": v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
     tensors |= {f"normalizer.{k}": v.detach().cpu().contiguous() for k, v in normalizer.state_dict().items()}
@@ -274,7 +266,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             raise ValueError(f"{run_dir} holds a run with another config; choose another output_dir or remove it")
     if metrics_path.exists():
         log.info("%s already finished; skipping (remove metrics.json to run it again)", run_dir)
-        from mimmo.io import read_json
         return read_json(metrics_path)
     configure_threads(cfg)
     splits = load_splits(cfg)
@@ -288,7 +279,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         max_epochs=cfg.train.epochs, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
         num_nodes=cfg.train.num_nodes, strategy=cfg.train.strategy, precision=cfg.train.precision,
         logger=CSVLogger(str(run_dir), name="log", version=""),
-        callbacks=[AtomicCheckpoint(dirpath=str(run_dir / "checkpoints"), save_top_k=0, save_last=True,
+        callbacks=[AtomicCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", save_top_k=1,
                                     enable_version_counter=False)],
         enable_progress_bar=bool(cfg.train.progress_bar), enable_model_summary=False,
         log_every_n_steps=cfg.train.log_every_n_steps, num_sanity_val_steps=0, default_root_dir=str(run_dir))
@@ -305,26 +296,35 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     return metrics
 
 
+def evaluate_model(cfg: DictConfig, method: Method, normalizer: Normalizer, splits: Splits,
+                   device: torch.device | str) -> dict[str, Any]:
+    """Everything a run folder records about a trained model: test (clean and shifted), validation,
+    cost, the learned exit weights and the feature-reuse probe."""
+    method = method.to(device).eval()
+    normalizer = normalizer.to(device)
+    batch = int(cfg.train.eval_batch_size)
+    evaluation = evaluate_method(method, splits.test, normalizer, batch, device, shift_seed=int(cfg.seed),
+                                 shifted=bool(cfg.evaluation.shifted))
+    weights = method.exit_weights()
+    cost = count_cost(method, splits.input_shape)
+    return {
+        "format_version": FORMAT_VERSION, "method": cfg.method.name, "dataset": cfg.data.name,
+        "num_members": method.num_members, "num_exits": method.num_exits, "seed": int(cfg.seed),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "test": evaluation["test"], "shifted": evaluation["shifted"],
+        "validation": classification_metrics(
+            predict_log_probs(method, splits.validation.images, normalizer, batch, device), splits.validation.labels),
+        "cost": {"flops": cost.flops, "params": cost.params},
+        "exit_weights": None if weights is None else weights.cpu().tolist(),
+        "feature_reuse": feature_reuse(method),
+    }
+
+
 def finish_run(run_dir: Path, cfg: DictConfig, method: Method, normalizer: Normalizer, splits: Splits,
                exit_weight_history: list, train_seconds: float, device: torch.device) -> dict[str, Any]:
     """Evaluate the final model, save its weights and write metrics.json (last, atomically)."""
     start = time.perf_counter()
-    method = method.to(device).eval()
-    normalizer = normalizer.to(device)
-    batch = int(cfg.train.eval_batch_size)
-    results: dict[str, Any] = {
-        "format_version": FORMAT_VERSION, "method": cfg.method.name, "dataset": cfg.data.name,
-        "num_members": method.num_members, "num_exits": method.num_exits, "seed": int(cfg.seed),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    results["test"] = classification_metrics(
-        predict_log_probs(method, normalizer, splits.test.images, batch, device), splits.test.labels)
-    results["validation"] = classification_metrics(
-        predict_log_probs(method, normalizer, splits.validation.images, batch, device), splits.validation.labels)
-    cost = count_cost(method, splits.input_shape)
-    results["cost"] = {"flops": cost.flops, "params": cost.params}
-    weights = method.exit_weights()
-    results["exit_weights"] = None if weights is None else weights.cpu().tolist()
+    results = evaluate_model(cfg, method, normalizer, splits, device)
     results["exit_weights_history"] = exit_weight_history or None
     results["time"] = {"train_seconds": train_seconds, "evaluate_seconds": time.perf_counter() - start}
     save_weights(run_dir / "weights.safetensors", method.cpu(), normalizer.cpu())
@@ -332,5 +332,17 @@ def finish_run(run_dir: Path, cfg: DictConfig, method: Method, normalizer: Norma
     return results
 
 
-def epochs_per_second(metrics: dict[str, Any]) -> float:
-    return metrics["config"]["train"]["epochs"] / max(metrics["time"]["train_seconds"], math.ulp(1.0))
+def evaluate_run(run_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Evaluate a finished run folder again (e.g. after the evaluation changed) and update metrics.json."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    method, normalizer, cfg = load_run(run_dir, device)
+    splits = load_splits(cfg)
+    start = time.perf_counter()
+    results = evaluate_model(cfg, method, normalizer, splits, device)
+    previous = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+    results["exit_weights_history"] = previous.get("exit_weights_history")
+    results["time"] = {**previous.get("time", {}), "evaluate_seconds": time.perf_counter() - start}
+    write_json_atomic(run_dir / "metrics.json", results)
+    return results
