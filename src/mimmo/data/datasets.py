@@ -74,13 +74,26 @@ class Normalizer(torch.nn.Module):
         return (self.to_unit(images) - self.mean) / self.std
 
 
-def stratified_split(labels: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Split indices into (rest, held_out) with ``fraction`` of every class held out, shuffled."""
+def stratified_split(labels: Tensor, fraction: float, generator: torch.Generator,
+                     total: int | None = None) -> tuple[Tensor, Tensor]:
+    """Split indices into (rest, held_out) with ``fraction`` of every class held out, shuffled.
+
+    With ``total``, exactly ``total`` samples are held out: each class gets floor(n_c * fraction) and the
+    classes with the largest remainders one more (largest-remainder apportionment).
+    """
+    classes = labels.unique(sorted=True)
+    members = [(labels == label).nonzero().flatten() for label in classes]
+    quotas = torch.tensor([len(index) * fraction for index in members], dtype=torch.float64)
+    if total is None:
+        counts = quotas.round().long()
+    else:
+        counts = quotas.floor().long()
+        remainder = quotas - counts
+        extra = total - int(counts.sum())
+        counts[remainder.argsort(descending=True, stable=True)[:extra]] += 1
     rest, held = [], []
-    for label in labels.unique(sorted=True):
-        index = (labels == label).nonzero().flatten()
+    for index, num_held in zip(members, counts.tolist(), strict=True):
         index = index[torch.randperm(len(index), generator=generator)]
-        num_held = round(len(index) * fraction)
         held.append(index[:num_held])
         rest.append(index[num_held:])
     rest_t, held_t = torch.cat(rest), torch.cat(held)
@@ -105,7 +118,7 @@ def split_train(name: str, train: ImageSet, test: ImageSet, num_classes: int, va
         if not 0 < train_size <= len(train_part):
             raise ValueError(f"train_size must lie in [1, {len(train_part)}] (the training split), got {train_size}")
         if train_size < len(train_part):
-            _, keep = stratified_split(train_part.labels, train_size / len(train_part), generator)
+            _, keep = stratified_split(train_part.labels, train_size / len(train_part), generator, total=train_size)
             train_part = train_part.subset(keep)
     return Splits(name, train_part, train.subset(validation_index), test, num_classes)
 
@@ -153,7 +166,8 @@ def _read_cifar_files(folder: Path, files: list[str], label_key: bytes) -> Image
                 batch = pickle.load(f, encoding="bytes")
             data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             label = np.asarray(batch[label_key], dtype=np.int64)
-        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as error:
+        except (pickle.UnpicklingError, EOFError, KeyError, IndexError, AttributeError, ValueError, TypeError,
+                OverflowError, MemoryError) as error:
             raise ValueError(f"{path} is not a valid CIFAR python-pickle batch ({error!r}). {CIFAR_HELP}") from error
         if len(data) != len(label):
             raise ValueError(f"{path} holds {len(data)} images but {len(label)} labels. {CIFAR_HELP}")

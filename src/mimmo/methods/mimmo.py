@@ -27,11 +27,12 @@ def make_prior(prior: Sequence | Tensor | None, num_exits: int, num_members: int
     if prior is None:
         return torch.full((num_exits, num_members), 1.0 / num_exits)
     table = torch.as_tensor(prior, dtype=torch.float32)
+    given_shape = tuple(table.shape)  # report the shape the user gave, not the expanded one
     if table.dim() == 1:
         table = table[:, None].expand(-1, num_members)
     require(table.shape == (num_exits, num_members),
             f"prior must have shape (D,)=({num_exits},) or (D, M)=({num_exits}, {num_members}), "
-            f"got {tuple(table.shape)}")
+            f"got {given_shape}")
     require(bool((table > 0).all()), f"every prior entry must be > 0 (KL needs gamma > 0), got {table.tolist()}")
     sums = table.sum(0)
     require(bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-5)),

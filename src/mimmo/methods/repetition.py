@@ -20,7 +20,8 @@ def member_indices(batch_size: int, num_members: int, repetitions: int, input_re
     total = batch_size * repetitions
     main = torch.arange(batch_size, device=device).repeat(repetitions)
     main = main[torch.randperm(total, generator=generator, device=device)]
-    num_shuffled = math.floor(total * (1.0 - input_repetition))
+    # + 1e-9: 1 - rho rounds down in floating point (10 * (1 - 0.8) = 1.9999999999999996, not 2).
+    num_shuffled = math.floor(total * (1.0 - input_repetition) + 1e-9)
     columns = []
     for _ in range(num_members):
         head = main[:num_shuffled][torch.randperm(num_shuffled, generator=generator, device=device)]

@@ -7,6 +7,7 @@ figure the given runs support.
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 from collections.abc import Sequence
@@ -182,6 +183,50 @@ def exit_weights_history_figure(group: RunGroup, path: str | Path) -> Path | Non
         ax.set_title(f"member {m + 1}", fontsize=9)
     axes[0].legend(fontsize=7)
     figure.suptitle(f"{_label(group)}: exit weights over training", fontsize=10)
+    return _save(figure, path)
+
+
+def training_curves(run: Run) -> dict[str, list[float]]:
+    """Per-epoch curves from a run's log/metrics.csv: {"epoch", "train_eval/nll", "val/nll", ...}; only the
+    columns that were logged (training-split metrics need ``train.track_train=true``)."""
+    path = run.path / "log" / "metrics.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_epoch: dict[int, dict[str, float]] = {}
+    for row in rows:
+        entry = by_epoch.setdefault(int(row["epoch"]), {})
+        entry.update({k: float(v) for k, v in row.items() if k not in ("epoch", "step") and v not in ("", None)})
+    keys = sorted({k for entry in by_epoch.values() for k in entry})
+    epochs = sorted(by_epoch)
+    curves = {"epoch": [float(e + 1) for e in epochs]}
+    for key in keys:
+        if all(key in by_epoch[e] for e in epochs):
+            curves[key] = [by_epoch[e][key] for e in epochs]
+    return curves
+
+
+def training_curves_figure(group: RunGroup, path: str | Path) -> Path | None:
+    """Accuracy and NLL over the epochs on the training split (eval mode) and the validation split, mean over
+    seeds: the overfitting picture (training accuracy near 1 while the held-out NLL rises)."""
+    curves = [training_curves(run) for run in group.runs]
+    panels = [("accuracy", "accuracy"), ("nll", "NLL [nats]")]
+    if not curves or not all("val/nll" in c for c in curves):
+        return None
+    length = min(len(c["epoch"]) for c in curves)
+    figure, axes = _grid(2, max_columns=2, size=(3.6, 3.0))
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for split, style in (("train_eval", "-"), ("val", "--")):
+            name = f"{split}/{key}"
+            if all(name in c for c in curves):
+                values = np.mean([c[name][:length] for c in curves], axis=0)
+                ax.plot(curves[0]["epoch"][:length], values, style, label="training split" if split == "train_eval"
+                        else "validation split")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=7)
+    figure.suptitle(f"{_label(group)}: training curves", fontsize=10)
     return _save(figure, path)
 
 
@@ -391,9 +436,10 @@ def make_figures(runs: Sequence[Run] | Sequence[RunGroup], out_dir: str | Path) 
         name = f"{_group_slug(group)}.png"
         written.append(exit_weights_history_figure(group, out_dir / f"exit_weights_history_{name}"))
         written.append(feature_reuse_figure(group, out_dir / f"feature_reuse_{name}"))
+        written.append(training_curves_figure(group, out_dir / f"training_curves_{name}"))
     return [path for path in written if path is not None]
 
 
 __all__ = ["alpha_ablation_figure", "cost_figure", "depth_width_figure", "exit_weights_figure",
            "exit_weights_history_figure", "feature_reuse_figure", "make_figures", "pooled_reliability",
-           "reliability_figure", "shift_figure", "sort_groups"]
+           "reliability_figure", "shift_figure", "sort_groups", "training_curves", "training_curves_figure"]
