@@ -7,6 +7,7 @@ method and its input normaliser) and ``metrics.json`` (written last: its presenc
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import time
@@ -17,6 +18,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
@@ -89,7 +92,8 @@ def build_method_from_config(cfg: DictConfig, input_shape: tuple[int, ...], num_
 def validate_training(cfg: DictConfig) -> None:
     train = cfg.train
     checks = [
-        (isinstance(train.epochs, int) and train.epochs >= 1, f"train.epochs must be an integer >= 1, got {train.epochs!r}"),
+        (isinstance(train.epochs, int) and train.epochs >= 1,
+         f"train.epochs must be an integer >= 1, got {train.epochs!r}"),
         (isinstance(train.batch_size, int) and train.batch_size >= 1,
          f"train.batch_size must be an integer >= 1, got {train.batch_size!r}"),
         (train.lr > 0, f"train.lr must be > 0, got {train.lr!r}"),
@@ -116,15 +120,18 @@ class MethodModule(L.LightningModule):
         self.seed, self.train_cfg = int(cfg.seed), cfg.train
         self.channels_last = bool(cfg.train.channels_last)
         self.exit_weight_history: list[list[list[float]]] = []
-        self.validation_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.validation_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def train_dataloader(self) -> BatchLoader:
         return BatchLoader(self.data.train, self.train_cfg.batch_size, shuffle=True, seed=self.seed,
                            streams=self.method.data_streams, rank=self.global_rank,
                            world_size=self.trainer.world_size)
 
-    def val_dataloader(self) -> BatchLoader:
-        return BatchLoader(self.data.validation, self.train_cfg.eval_batch_size, shuffle=False)
+    def val_dataloader(self) -> list[BatchLoader]:
+        """The validation split, and with ``train.track_train`` also the training split in eval mode (to
+        see overfitting: training accuracy near 1 while the held-out NLL rises)."""
+        sets = [self.data.validation] + ([self.data.train] if self.train_cfg.get("track_train") else [])
+        return [BatchLoader(data, self.train_cfg.eval_batch_size, shuffle=False) for data in sets]
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalizer(images.flatten(0, 1) if images.dim() == 5 else images)
@@ -160,18 +167,20 @@ class MethodModule(L.LightningModule):
         if weights is not None:
             self.exit_weight_history.append(weights.cpu().tolist())
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int,
+                        dataloader_idx: int = 0) -> None:
         images, labels = batch
-        self.validation_outputs.append((self.method(self.prepare(images)).log_probs(), labels))
+        self.validation_outputs.setdefault(dataloader_idx, []).append(
+            (self.method(self.prepare(images)).log_probs(), labels))
 
     def on_validation_epoch_end(self) -> None:
-        log_probs = torch.cat([lp for lp, _ in self.validation_outputs])
-        labels = torch.cat([y for _, y in self.validation_outputs])
+        for index, outputs in sorted(self.validation_outputs.items()):
+            metrics = classification_metrics(torch.cat([lp for lp, _ in outputs]), torch.cat([y for _, y in outputs]))
+            prefix = ("val", "train_eval")[index]
+            for key in ("accuracy", "nll", "ece"):
+                self.log(f"{prefix}/{key}", metrics[key], prog_bar=prefix == "val" and key != "ece",
+                         add_dataloader_idx=False)
         self.validation_outputs.clear()
-        metrics = classification_metrics(log_probs, labels)
-        self.log("val/accuracy", metrics["accuracy"], prog_bar=True, sync_dist=False)
-        self.log("val/nll", metrics["nll"], prog_bar=True, sync_dist=False)
-        self.log("val/ece", metrics["ece"], sync_dist=False)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.Adam(self.method.parameters(), lr=self.train_cfg.lr, weight_decay=0.0)
@@ -183,6 +192,27 @@ class MethodModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.exit_weight_history = checkpoint.get("exit_weight_history", [])
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; a resumed run appends to it instead."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])
+
+
+class ResumableCSVLogger(CSVLogger):
+    """CSVLogger whose log/metrics.csv survives a resume (the epochs before the cut stay in it)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 class AtomicCheckpoint(ModelCheckpoint):
@@ -243,8 +273,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[M
     method = build_method_from_config(cfg, input_shape, num_classes)
     tensors = load_file(str(run_dir / "weights.safetensors"))
     normalizer = Normalizer(torch.zeros(input_shape[0]), torch.ones(input_shape[0]))
-    normalizer.load_state_dict({k.removeprefix("normalizer."): v for k, v in tensors.items() if k.startswith("normalizer.")})
-    method.load_state_dict({k.removeprefix("method."): v for k, v in tensors.items() if k.startswith("method.")})
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+    normalizer.load_state_dict(part("normalizer."))
+    method.load_state_dict(part("method."))
     return method.to(device).eval(), normalizer.to(device), cfg
 
 
@@ -252,6 +285,23 @@ def configure_threads(cfg: DictConfig) -> None:
     threads = cfg.train.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
+
+
+DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def trainer_strategy(train_cfg: DictConfig) -> str:
+    """Lightning's strategy for ``train.strategy``. DDP looks for parameters without a gradient: MIMMO's and
+    DUN's depth logits get none during the warm start and MIMMO-gamma's never do, which plain DDP refuses.
+    ``auto`` with more than one device or node is DDP (Lightning's choice) with that setting."""
+    strategy = str(train_cfg.strategy)
+    devices = train_cfg.devices
+    several = (isinstance(devices, int) and devices > 1) or (isinstance(devices, str) and devices.isdigit()
+                                                              and int(devices) > 1) \
+        or (not isinstance(devices, (int, str)) and len(devices) > 1) or int(train_cfg.num_nodes) > 1
+    if strategy == "auto" and several:
+        strategy = "ddp"
+    return f"{strategy}_find_unused_parameters_true" if strategy in DDP_STRATEGIES else strategy
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -277,8 +327,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         method.to(memory_format=torch.channels_last)
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
-        num_nodes=cfg.train.num_nodes, strategy=cfg.train.strategy, precision=cfg.train.precision,
-        logger=CSVLogger(str(run_dir), name="log", version=""),
+        num_nodes=cfg.train.num_nodes, strategy=trainer_strategy(cfg.train), precision=cfg.train.precision,
+        logger=ResumableCSVLogger(str(run_dir), name="log", version=""),
         callbacks=[AtomicCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", save_top_k=1,
                                     enable_version_counter=False)],
         enable_progress_bar=bool(cfg.train.progress_bar), enable_model_summary=False,
@@ -289,10 +339,18 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     start = time.perf_counter()
     trainer.fit(module, ckpt_path=resume)
     train_seconds = time.perf_counter() - start
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # (ddp) the next run of a sweep in this process starts its own
     if not trainer.is_global_zero:
         return {}
-    metrics = finish_run(run_dir, cfg, method, normalizer, splits, module.exit_weight_history, train_seconds,
-                         module.device)
+    history = module.exit_weight_history
+    if not history and checkpoint.exists():
+        # ddp_spawn trained in other processes: this process got the final weights back from rank 0 (Lightning
+        # loads them into the module), but not the module's Python state; rank 0 saved it in the last checkpoint.
+        history = torch.load(checkpoint, map_location="cpu", weights_only=False).get("exit_weight_history", [])
+    # Lightning moves the module to the CPU after fit; evaluate on the device it trained on (rank 0's).
+    metrics = finish_run(run_dir, cfg, method, normalizer, splits, history, train_seconds,
+                         trainer.strategy.root_device)
     return metrics
 
 
