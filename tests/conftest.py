@@ -15,3 +15,7 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts several processes (DDP); deselect with -m 'not slow'")

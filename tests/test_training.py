@@ -462,9 +462,15 @@ def test_batch_loader_in_evaluation_order_keeps_every_sample():
 
 def test_batch_loader_splits_batches_between_processes():
     data = indexed_set(103)
-    parts = [epoch_order(BatchLoader(data, 10, shuffle=True, seed=3, rank=r, world_size=2), 0) for r in (0, 1)]
-    assert all(len(p) == 50 for p in parts)
+    loaders = [BatchLoader(data, 10, shuffle=True, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    assert [len(loader) for loader in loaders] == [10, 10]  # as many steps as one process
+    parts = [epoch_order(loader, 0) for loader in loaders]
+    assert all(len(p) == 50 for p in parts)  # each takes half of every batch of 10
     assert len(torch.unique(torch.cat(parts))) == 100
+    whole = epoch_order(BatchLoader(data, 10, shuffle=True, seed=3), 0)
+    assert torch.equal(torch.sort(torch.cat(parts)).values, torch.sort(whole).values)
+    with pytest.raises(ValueError, match=r"train.batch_size \(10\) must be divisible by the number of processes \(3\)"):
+        BatchLoader(data, 10, shuffle=True, rank=0, world_size=3)
 
 
 def test_batch_loader_refuses_bad_sizes():

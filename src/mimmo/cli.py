@@ -1,4 +1,4 @@
-"""The ``mimmo`` command: train, evaluate, cost, report, demo.
+"""The ``mimmo`` command: train, grid, evaluate, cost, report, demo.
 
 ``mimmo train`` and ``mimmo cost`` take Hydra overrides (``method=mimo method.num_members=4 seed=1``);
 ``mimmo train --multirun`` sweeps a grid with Hydra's launchers.
@@ -32,17 +32,28 @@ def compose(overrides: list[str]) -> DictConfig:
         return hydra.compose(config_name="config", overrides=overrides)
 
 
+_invoked_as = sys.argv[0]  # the script that started this process (mimmo's console script, or a -m module)
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def _train_main(cfg: DictConfig) -> float | None:
     from mimmo.training import train
 
+    # Lightning's DDP launcher (train.strategy=ddp) starts ranks 1.. by running this process's command line
+    # again (plus hydra.run.dir=<this run's folder>): make that command line this one run, `mimmo train <its
+    # overrides>`, not the sweep it belongs to.
+    sys.argv = [_invoked_as, "train", *HydraConfig.get().overrides.task]
     metrics = train(cfg, HydraConfig.get().runtime.output_dir)
     return metrics.get("test", {}).get("nll") if metrics else None
 
 
 def train_command(overrides: list[str]) -> None:
+    saved = sys.argv
     sys.argv = ["mimmo train", *overrides]
-    _train_main()
+    try:
+        _train_main()
+    finally:
+        sys.argv = saved
 
 
 def cost_table_command(overrides: list[str]) -> None:
@@ -99,9 +110,16 @@ def main(argv: list[str] | None = None) -> None:
     report.add_argument("paths", nargs="+", help="run folders, or folders that contain run folders")
     report.add_argument("--out", default="reports", help="where the tables and figures go")
     report.add_argument("--no-figures", action="store_true")
+    commands.add_parser("grid", help="run a named grid of trainings (configs/grid/); --list, --dry-run",
+                        add_help=False)
     demo = commands.add_parser("demo", help="train Base, MIMO and MIMMO on the embedded data; print a table")
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("--epochs", type=int, default=None, help="override the fast preset's epochs")
+    if argv and argv[0] == "grid":
+        from mimmo.grid import main as grid_main
+
+        grid_main(argv[1:])
+        return
     if argv and argv[0] in ("train", "cost"):
         command, rest = argv[0], argv[1:]
         if command == "train":

@@ -38,7 +38,7 @@ from mimmo.models.resnet import ResNetConfig, ResNetFactory
 log = logging.getLogger("mimmo")
 FORMAT_VERSION = 1
 # Settings that change where or how fast a run goes, not what it computes: ignored when a run is resumed.
-NON_SEMANTIC_KEYS = ("output_dir", "train.progress_bar", "train.log_every_n_steps", "train.accelerator",
+NON_SEMANTIC_KEYS = ("output_dir", "data.root", "train.progress_bar", "train.log_every_n_steps", "train.accelerator",
                      "train.devices", "train.num_nodes", "train.strategy", "train.threads")
 
 
@@ -288,18 +288,20 @@ def configure_threads(cfg: DictConfig) -> None:
 
 
 DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+# Set by Lightning's DDP launcher (strategy=ddp) in the launching process; left there, they make the next run
+# in the same process (a sweep, a grid) believe that its other ranks were started externally, and it waits.
+DDP_LAUNCH_ENVIRONMENT = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 def trainer_strategy(train_cfg: DictConfig) -> str:
     """Lightning's strategy for ``train.strategy``. DDP looks for parameters without a gradient: MIMMO's and
     DUN's depth logits get none during the warm start and MIMMO-gamma's never do, which plain DDP refuses.
     ``auto`` with more than one device or node is DDP (Lightning's choice) with that setting."""
-    strategy = str(train_cfg.strategy)
-    devices = train_cfg.devices
-    several = (isinstance(devices, int) and devices > 1) or (isinstance(devices, str) and devices.isdigit()
-                                                              and int(devices) > 1) \
-        or (not isinstance(devices, (int, str)) and len(devices) > 1) or int(train_cfg.num_nodes) > 1
-    if strategy == "auto" and several:
+    strategy, devices = str(train_cfg.strategy), train_cfg.devices
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    several_devices = devices > 1 if isinstance(devices, int) else not isinstance(devices, str) and len(devices) > 1
+    if strategy == "auto" and (several_devices or int(train_cfg.num_nodes) > 1):
         strategy = "ddp"
     return f"{strategy}_find_unused_parameters_true" if strategy in DDP_STRATEGIES else strategy
 
@@ -330,17 +332,26 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         num_nodes=cfg.train.num_nodes, strategy=trainer_strategy(cfg.train), precision=cfg.train.precision,
         logger=ResumableCSVLogger(str(run_dir), name="log", version=""),
         callbacks=[AtomicCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", save_top_k=1,
-                                    enable_version_counter=False)],
+                                    enable_version_counter=False, save_on_train_epoch_end=True)],
         enable_progress_bar=bool(cfg.train.progress_bar), enable_model_summary=False,
-        log_every_n_steps=cfg.train.log_every_n_steps, num_sanity_val_steps=0, default_root_dir=str(run_dir))
+        log_every_n_steps=cfg.train.log_every_n_steps, num_sanity_val_steps=0,
+        check_val_every_n_epoch=int(cfg.train.get("val_every_n_epochs", 1)), default_root_dir=str(run_dir))
     resume = str(checkpoint) if checkpoint.exists() else None
     if resume:
         log.info("resuming %s from %s", run_dir, checkpoint)
     start = time.perf_counter()
-    trainer.fit(module, ckpt_path=resume)
+    environment = {key: os.environ.get(key) for key in DDP_LAUNCH_ENVIRONMENT}
+    try:
+        trainer.fit(module, ckpt_path=resume)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # (ddp) the next run in this process starts its own
+        for key, value in environment.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     train_seconds = time.perf_counter() - start
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # (ddp) the next run of a sweep in this process starts its own
     if not trainer.is_global_zero:
         return {}
     history = module.exit_weight_history

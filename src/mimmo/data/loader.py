@@ -37,19 +37,18 @@ class BatchLoader:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if shuffle and batch_size > len(data):
             raise ValueError(f"batch_size {batch_size} exceeds the {len(data)} training samples")
+        if shuffle and batch_size % world_size:
+            raise ValueError(f"train.batch_size ({batch_size}) must be divisible by the number of processes "
+                             f"({world_size}): each takes an equal share of every batch")
         self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
         self.streams, self.rank, self.world_size = streams, rank, world_size
         self.sampler = EpochSampler()
         self.batch_sampler = None  # Lightning inspects loaders for one
 
-    def _num_global_batches(self) -> int:
+    def __len__(self) -> int:
         if self.shuffle:
             return len(self.data) // self.batch_size
         return math.ceil(len(self.data) / self.batch_size)
-
-    def __len__(self) -> int:
-        total = self._num_global_batches()
-        return total // self.world_size if self.shuffle else total
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         if not self.shuffle:
@@ -58,8 +57,8 @@ class BatchLoader:
             return
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.sampler.epoch)
         order = torch.stack([torch.randperm(len(self.data), generator=generator) for _ in range(self.streams)], 1)
-        for batch in range(self.rank, len(self) * self.world_size, self.world_size):
-            index = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+        for batch in range(len(self)):
+            index = order[batch * self.batch_size:(batch + 1) * self.batch_size][self.rank::self.world_size]
             if self.streams == 1:
                 index = index[:, 0]
             yield self.data.images[index], self.data.labels[index]

@@ -1,0 +1,318 @@
+"""``mimmo grid``: a named grid of runs, as one or more Hydra sweeps run one after the other.
+
+Hydra's basic sweeper takes the Cartesian product of its overrides, so "M only for the methods that have
+it" needs two sweeps. A grid file ``configs/grid/<name>.yaml`` lists them::
+
+    description: one line
+    sweeps:
+      - [experiment=paper, data=cifar100, "method=mimo,mimmo", "method.num_members=2,4,8", "seed=0,1,2"]
+      - [experiment=paper, data=cifar100, "method=base,dun", "seed=0,1,2"]
+
+``mimmo grid NAME [overrides...]`` runs every sweep as ``mimmo train --multirun <sweep> <overrides>`` in this
+process, through the same Hydra entry point as ``mimmo train``, so Hydra's launchers apply unchanged
+(``hydra/launcher=joblib``, ``hydra/launcher=submitit_slurm``). An override whose key a sweep already sets
+replaces it there (``mimmo grid paper_tables seed=0`` runs seed 0 only). Run folders are named from the
+overrides, so a grid started again skips its finished runs and resumes its cut-off ones; before anything runs,
+every run of the grid is composed and its folder checked: two runs that would share a folder are refused.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig
+
+from mimmo.cli import CONFIG_DIR
+
+GRID_DIR = Path(CONFIG_DIR) / "grid"
+USAGE = """usage: mimmo grid NAME [--dry-run] [overrides...]
+       mimmo grid --list
+
+Run a named grid of trainings (configs/grid/NAME.yaml, or a path to such a file): each of its sweeps as
+`mimmo train --multirun <sweep> <overrides>`, one after the other. Finished runs are skipped, cut-off runs
+resume from their last checkpoint.
+
+  --list      the grids and their number of runs
+  --dry-run   print the sweeps and their runs (finished / to resume / new) without training; every run's
+              config is composed and validated (its method is built once per distinct shape)
+  overrides   Hydra overrides added to every sweep; one whose key a sweep sets replaces it there, e.g.
+              seed=0, output_dir=/scratch/runs, hydra/launcher=joblib hydra.launcher.n_jobs=2 train.threads=1
+"""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A named list of sweeps; each sweep is a list of Hydra override strings."""
+
+    name: str
+    description: str
+    sweeps: tuple[tuple[str, ...], ...]
+    path: Path
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a grid: its overrides (as the sweeper passes them), its composed config and folder."""
+
+    sweep: int  # index in the grid's sweeps, from 0
+    overrides: tuple[str, ...]
+    config: DictConfig
+    folder: Path
+
+    @property
+    def status(self) -> str:
+        """``finished`` (metrics.json), ``partial`` (a checkpoint to resume from) or ``new``."""
+        if (self.folder / "metrics.json").exists():
+            return "finished"
+        if (self.folder / "checkpoints" / "last.ckpt").exists():
+            return "partial"
+        return "new"
+
+
+def available_grids() -> dict[str, Path]:
+    """The grids shipped in ``configs/grid/``, by name."""
+    return {path.stem: path for path in sorted(GRID_DIR.glob("*.yaml"))}
+
+
+def load_grid(name: str) -> Grid:
+    """The grid ``name`` (a shipped grid's name or a path to a grid file); ValueError naming what is wrong."""
+    grids = available_grids()
+    if name in grids:
+        path = grids[name]
+    elif name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        path = Path(name)
+    else:
+        raise ValueError(f"unknown grid {name!r}; choose one of {sorted(grids)} or give the path of a grid file")
+    content = yaml.safe_load(path.read_text())
+    if not isinstance(content, dict) or not isinstance(content.get("sweeps"), list) or not content["sweeps"]:
+        raise ValueError(f"grid file {path} must hold a mapping with a non-empty list 'sweeps'")
+    sweeps = []
+    for index, sweep in enumerate(content["sweeps"]):
+        if not isinstance(sweep, list) or not all(isinstance(o, str) and o for o in sweep):
+            raise ValueError(f"grid file {path}: sweep {index} must be a list of override strings, got {sweep!r}")
+        sweeps.append(tuple(sweep))
+    return Grid(path.stem, str(content.get("description", "")), tuple(sweeps), path)
+
+
+def _parse(overrides: Sequence[str]) -> list[Any]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(list(overrides))
+
+
+def override_key(override: str) -> str:
+    """The key or config group an override sets (``+a.b=1`` -> ``a.b``, ``hydra/launcher=joblib`` -> itself)."""
+    return _parse([override])[0].key_or_group
+
+
+def with_overrides(sweep: Sequence[str], extra: Sequence[str]) -> list[str]:
+    """``sweep`` with ``extra`` applied: an extra override replaces the sweep's one of the same key, others
+    are appended."""
+    result = list(sweep)
+    keys = [override_key(o) for o in result]
+    for override in extra:
+        key = override_key(override)
+        if key in keys:
+            result[keys.index(key)] = override
+        else:
+            result.append(override)
+            keys.append(key)
+    return result
+
+
+def expand(sweep: Sequence[str]) -> list[tuple[str, ...]]:
+    """The runs of one sweep, each as the override strings Hydra's basic sweeper gives its job (in its order)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    parsed = [o for o in _parse(sweep) if not o.is_hydra_override()]
+    batches = BasicSweeper.split_arguments(parsed, None)
+    return [tuple(job) for batch in batches for job in batch]
+
+
+@contextmanager
+def _hydra_config(cfg: DictConfig) -> Iterator[None]:
+    """Make ``cfg`` Hydra's current config (for the ``${hydra:...}`` resolver), then restore the previous one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    instance = HydraConfig.instance()
+    previous = instance.cfg
+    instance.set_config(cfg)
+    try:
+        yield
+    finally:
+        instance.cfg = previous
+
+
+def plan(grid: Grid, extra: Sequence[str] = ()) -> list[list[PlannedRun]]:
+    """Every run of ``grid`` with ``extra`` overrides, per sweep: composed (errors surface here), with the
+    folder Hydra's sweeper will give it (``hydra.sweep.dir``/``hydra.sweep.subdir``)."""
+    import hydra
+    from omegaconf import OmegaConf, open_dict
+
+    sweeps: list[list[PlannedRun]] = []
+    with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for index, sweep in enumerate(grid.sweeps):
+            overrides = with_overrides(sweep, extra)
+            hydra_overrides = [o for o in overrides if _parse([o])[0].is_hydra_override()]
+            runs = []
+            for job in expand(overrides):
+                try:
+                    cfg = hydra.compose(config_name="config", overrides=[*job, *hydra_overrides],
+                                        return_hydra_config=True)
+                except Exception as error:  # Hydra's errors name the bad override
+                    raise ValueError(f"grid {grid.name!r}, sweep {index + 1}: run {' '.join(job)} does not compose: "
+                                     f"{error}") from error
+                with _hydra_config(cfg):
+                    folder = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+                with open_dict(cfg):
+                    del cfg["hydra"]
+                OmegaConf.resolve(cfg)
+                runs.append(PlannedRun(index, job, cfg, folder))
+            sweeps.append(runs)
+    check_folders(sweeps)
+    return sweeps
+
+
+def check_folders(sweeps: Sequence[Sequence[PlannedRun]]) -> None:
+    """Refuse a grid in which two runs would share a folder: within one sweep (they could run at the same time
+    and the second would be skipped as finished) or across sweeps with different configs. Runs with the same
+    config in different sweeps may share one (it is trained once)."""
+    from mimmo.training import semantic_config
+
+    seen: dict[Path, PlannedRun] = {}
+    for runs in sweeps:
+        for run in runs:
+            other = seen.get(run.folder)
+            if other is None:
+                seen[run.folder] = run
+                continue
+            same_config = semantic_config(other.config) == semantic_config(run.config)
+            if other.sweep == run.sweep or not same_config:
+                raise ValueError(
+                    f"runs {' '.join(other.overrides)!r} (sweep {other.sweep + 1}) and {' '.join(run.overrides)!r} "
+                    f"(sweep {run.sweep + 1}) would share the folder {run.folder}: an override that tells them apart "
+                    "is left out of run folder names (hydra.job.config.override_dirname.exclude_keys); sweep it "
+                    "in separate output_dir values or not at all")
+
+
+def validate(sweeps: Sequence[Sequence[PlannedRun]]) -> int:
+    """Validate every run of the grid without training, as ``mimmo train`` would before training: the method
+    of every distinct (method, M, model, data) is built and run on one input; a run that differs from an
+    earlier one only in other settings (alpha, seed, the recipe) has its training settings checked and its
+    method constructed. Return the number of methods built and run; raise ValueError naming the first bad run."""
+    from omegaconf import OmegaConf
+
+    from mimmo.methods.registry import build_method
+    from mimmo.training import (
+        build_backbone_factory,
+        build_method_from_config,
+        input_spec,
+        method_options,
+        validate_training,
+    )
+
+    def key(cfg: DictConfig, *parts: str) -> str:
+        return repr(OmegaConf.to_container(OmegaConf.masked_copy(cfg, list(parts)), resolve=True))
+
+    shapes: set[str] = set()
+    checked: set[str] = set()
+    for runs in sweeps:
+        for run in runs:
+            cfg = run.config
+            settings = key(cfg, "method", "model", "data", "train")
+            if settings in checked:
+                continue
+            shape = repr((cfg.method.name, cfg.method.get("num_members"), key(cfg, "model", "data")))
+            try:
+                input_shape, num_classes = input_spec(cfg)
+                if shape in shapes:
+                    validate_training(cfg)
+                    build_method(cfg.method.name, build_backbone_factory(cfg.model), input_shape[0], num_classes,
+                                 method_options(cfg))
+                else:
+                    build_method_from_config(cfg, input_shape, num_classes)
+                    shapes.add(shape)
+            except ValueError as error:
+                raise ValueError(f"run {' '.join(run.overrides)!r} (sweep {run.sweep + 1}) is invalid: "
+                                 f"{error}") from error
+            checked.add(settings)
+    return len(shapes)
+
+
+def sweep_command(sweep: Sequence[str], extra: Sequence[str]) -> list[str]:
+    """The ``mimmo train`` arguments that run one sweep."""
+    return ["--multirun", *with_overrides(sweep, extra)]
+
+
+def _summary(runs: Sequence[PlannedRun]) -> str:
+    counts = {status: sum(run.status == status for run in runs) for status in ("finished", "partial", "new")}
+    return (f"{len(runs)} run{'s' * (len(runs) != 1)}: {counts['finished']} finished, "
+            f"{counts['partial']} to resume, {counts['new']} new")
+
+
+def run_grid(name: str, extra: Sequence[str] = (), dry_run: bool = False,
+             train: Callable[[list[str]], None] | None = None, out: Callable[[str], None] = print) -> int:
+    """Run (or with ``dry_run`` only plan and validate) grid ``name``; return its number of runs.
+
+    ``train`` runs one sweep from ``mimmo train`` arguments (default: ``mimmo.cli.train_command``, in process).
+    """
+    grid = load_grid(name)
+    sweeps = plan(grid, extra)
+    total = sum(len(runs) for runs in sweeps)
+    distinct = len({run.folder for runs in sweeps for run in runs})
+    shared = f", {total - distinct} shared between sweeps" if distinct != total else ""
+    out(f"[grid] {grid.name}: {grid.description}".rstrip(": "))
+    out(f"[grid] {len(sweeps)} sweep{'s' * (len(sweeps) != 1)}, {total} runs in {distinct} folders{shared}")
+    for index, (sweep, runs) in enumerate(zip(grid.sweeps, sweeps, strict=True)):
+        command = " ".join(shlex.quote(a) for a in ["mimmo", "train", *sweep_command(sweep, extra)])
+        out(f"[grid] sweep {index + 1}/{len(sweeps)} ({_summary(runs)}): {command}")
+    if dry_run:
+        built = validate(sweeps)
+        out(f"[grid] dry run: every run composes and validates ({built} distinct methods built); nothing trained")
+        return total
+    if train is None:
+        from mimmo.cli import train_command as train
+    for index, sweep in enumerate(grid.sweeps):
+        arguments = sweep_command(sweep, extra)
+        out(f"[grid] running sweep {index + 1}/{len(grid.sweeps)}: mimmo train {' '.join(map(shlex.quote, arguments))}")
+        try:
+            train(arguments)
+        except SystemExit as error:
+            if error.code not in (None, 0):
+                out(f"[grid] sweep {index + 1} failed; start the grid again to resume it (finished runs are skipped)")
+            raise
+    out(f"[grid] {grid.name}: done")
+    return total
+
+
+def list_grids(out: Callable[[str], None] = print) -> None:
+    for name in available_grids():
+        grid = load_grid(name)
+        count = sum(len(expand(sweep)) for sweep in grid.sweeps)
+        out(f"{name:<20} {count:>4} runs  {grid.description}")
+
+
+def main(argv: Sequence[str]) -> None:
+    """``mimmo grid`` from its arguments (after ``grid``)."""
+    flags = {a for a in argv if a in ("--list", "--dry-run", "-h", "--help")}
+    positional = [a for a in argv if a not in flags]
+    if "-h" in flags or "--help" in flags:
+        print(USAGE)
+        return
+    if "--list" in flags:
+        list_grids()
+        return
+    if not positional or positional[0].startswith("-"):
+        raise SystemExit(USAGE + f"\nmimmo grid: give a grid name; one of {sorted(available_grids())}")
+    try:
+        run_grid(positional[0], positional[1:], dry_run="--dry-run" in flags)
+    except ValueError as error:
+        print(f"mimmo grid: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
