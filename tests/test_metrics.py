@@ -34,15 +34,6 @@ PROBS = torch.tensor([[0.7, 0.2, 0.1], [0.15, 0.55, 0.3], [0.3, 0.25, 0.45], [0.
 TARGETS = torch.tensor([0, 2, 2, 1, 1])  # correct, wrong, correct, correct, wrong
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions are much faster on one thread, above all on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_classification_metrics_by_hand():
     metrics = classification_metrics(PROBS.log(), TARGETS)
     assert metrics["accuracy"] == pytest.approx(3 / 5)
