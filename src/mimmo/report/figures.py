@@ -186,43 +186,37 @@ def exit_weights_history_figure(group: RunGroup, path: str | Path) -> Path | Non
     return _save(figure, path)
 
 
-def training_curves(run: Run) -> dict[str, list[float]]:
-    """Per-epoch curves from a run's log/metrics.csv: {"epoch", "train_eval/nll", "val/nll", ...}; only the
-    columns that were logged (training-split metrics need ``train.track_train=true``)."""
+def training_curves(run: Run) -> dict[str, tuple[list[int], list[float]]]:
+    """Per-epoch curves from a run's log/metrics.csv: {"val/nll": (epochs, values), ...} with 1-based epochs,
+    each metric at the epochs where it was logged (training-split metrics need ``train.track_train=true``)."""
     path = run.path / "log" / "metrics.csv"
     if not path.is_file():
         return {}
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    by_epoch: dict[int, dict[str, float]] = {}
+    curves: dict[str, dict[int, float]] = {}
     for row in rows:
-        entry = by_epoch.setdefault(int(row["epoch"]), {})
-        entry.update({k: float(v) for k, v in row.items() if k not in ("epoch", "step") and v not in ("", None)})
-    keys = sorted({k for entry in by_epoch.values() for k in entry})
-    epochs = sorted(by_epoch)
-    curves = {"epoch": [float(e + 1) for e in epochs]}
-    for key in keys:
-        if all(key in by_epoch[e] for e in epochs):
-            curves[key] = [by_epoch[e][key] for e in epochs]
-    return curves
+        for key, value in row.items():
+            if key not in ("epoch", "step") and value not in ("", None):
+                curves.setdefault(key, {})[int(row["epoch"]) + 1] = float(value)
+    return {key: (sorted(points), [points[e] for e in sorted(points)]) for key, points in curves.items()}
 
 
 def training_curves_figure(group: RunGroup, path: str | Path) -> Path | None:
     """Accuracy and NLL over the epochs on the training split (eval mode) and the validation split, mean over
     seeds: the overfitting picture (training accuracy near 1 while the held-out NLL rises)."""
     curves = [training_curves(run) for run in group.runs]
-    panels = [("accuracy", "accuracy"), ("nll", "NLL [nats]")]
     if not curves or not all("val/nll" in c for c in curves):
         return None
-    length = min(len(c["epoch"]) for c in curves)
     figure, axes = _grid(2, max_columns=2, size=(3.6, 3.0))
-    for ax, (key, label) in zip(axes, panels, strict=True):
-        for split, style in (("train_eval", "-"), ("val", "--")):
-            name = f"{split}/{key}"
-            if all(name in c for c in curves):
-                values = np.mean([c[name][:length] for c in curves], axis=0)
-                ax.plot(curves[0]["epoch"][:length], values, style, label="training split" if split == "train_eval"
-                        else "validation split")
+    for ax, (key, label) in zip(axes, [("accuracy", "accuracy"), ("nll", "NLL [nats]")], strict=True):
+        for split, style, name in (("train_eval", "-", "training split"), ("val", "--", "validation split")):
+            series = [c.get(f"{split}/{key}") for c in curves]
+            if any(s is None for s in series):
+                continue
+            length = min(len(epochs) for epochs, _ in series)
+            values = np.mean([values[:length] for _, values in series], axis=0)
+            ax.plot(series[0][0][:length], values, style, marker=".", label=name)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
     axes[0].legend(fontsize=7)
