@@ -221,6 +221,24 @@ def test_mc_dropout_places_dropout_before_every_layer_but_the_stem_conv():
     assert isinstance(backbone.head, nn.Sequential) and isinstance(backbone.head[1], nn.Linear)
 
 
+@pytest.mark.parametrize("p", [0.15, 0.5])
+def test_always_dropout_keeps_each_element_with_probability_one_minus_p(p):
+    """Inverted dropout at train and test: kept elements are scaled by 1/(1-p), dropped ones are 0, the
+    fraction dropped is p, and the gradient is the same mask."""
+    torch.manual_seed(0)
+    x = torch.rand(200, 50, 10, requires_grad=True) + 0.5  # no zeros in the input
+    drop = AlwaysDropout(p).eval()
+    y = drop(x)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / (1 - p))
+    n = x.numel()
+    assert abs((~kept).float().mean().item() - p) < 4 * (p * (1 - p) / n) ** 0.5  # within 4 standard errors
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(grad, kept.float() / (1 - p))
+    assert not torch.equal(kept, drop(x) != 0)  # a fresh mask per call
+    assert torch.equal(AlwaysDropout(0.0)(x), x)
+
+
 def test_mc_dropout_is_stochastic_at_test():
     torch.manual_seed(0)
     method = MCDropout(TINY, 3, 5, p=0.3, num_samples=4).eval()

@@ -233,3 +233,22 @@ def test_bf16_mixed_and_channels_last_train(tmp_path, option):
     assert (tmp_path / "run" / "metrics.json").exists()
     assert torch.isfinite(torch.tensor(metrics["test"]["nll"])) and 0 <= metrics["test"]["accuracy"] <= 1
     assert len(metrics["exit_weights_history"]) == 2
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("auto", True), ("true", True), ("false", False)])
+def test_channels_last_setting_decides_the_layout_of_weights_and_batches(setting, expected):
+    """``train.channels_last=auto`` is channels-last on a CPU (where it trains faster); the values never change."""
+    from mimmo.data.datasets import Normalizer
+    from mimmo.training import build_method_from_config
+
+    cfg = compose(["method=mimo", *TINY, f"train.channels_last={setting}"])
+    splits = load_splits(cfg)
+    method = build_method_from_config(cfg, splits.input_shape, splits.num_classes)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    module = MethodModule(method, Normalizer.fit(splits.train.images), splits, cfg)
+    module.on_fit_start()
+    conv = next(m for m in method.modules() if isinstance(m, torch.nn.Conv2d)).weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) == expected
+    batch = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)  # 3 channels: the two layouts differ
+    assert module.prepare(batch).is_contiguous(memory_format=torch.channels_last) == expected
+    assert all(torch.equal(before[k], v) for k, v in method.state_dict().items())

@@ -250,3 +250,22 @@ def test_state_dict_keys_and_paper_costs_unchanged():
                                           "1.running_var", "1.num_batches_tracked"]
     cost = count_cost(MIMMO(ResNetFactory(), 3, 100, num_members=2), (3, 32, 32))
     assert (cost.flops, cost.params) == (172_815_936, 2_042_064)
+
+
+def test_fused_path_under_torch_compile_runs_eagerly_and_matches(monkeypatch):
+    """Under torch.compile the fused adapter is an eager island (a graph break), with the same outputs."""
+    calls = []
+    original = backbone_module._FusedExitTrain.apply
+    monkeypatch.setattr(backbone_module._FusedExitTrain, "apply",
+                        staticmethod(lambda *a: calls.append(1) or original(*a)))
+    torch.manual_seed(8)
+    adapter = random_adapter(4, 16, torch.float32)
+    x = stage_output(3, 4, 4, torch.float32, False)
+    reference = copy.deepcopy(adapter)
+    set_exit_path("fused")
+    compiled = torch.compile(lambda h: adapter(h) * 2.0, backend="eager", fullgraph=False)
+    out = compiled(x)
+    assert calls == [1]
+    set_exit_path("reference")
+    torch.testing.assert_close(out, reference(x) * 2.0, rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()

@@ -234,6 +234,20 @@ def test_a_resumed_run_continues_where_it_stopped_and_ends_as_an_uninterrupted_o
     assert results(metrics) == results(reference)
 
 
+def test_a_compiled_run_trains_the_same_weights(tmp_path, monkeypatch, finished_run):
+    """``train.compile=true`` compiles the training step's loss: the same math. (Traced by
+    TorchDynamo with its eager backend here, so that the test needs no C++ compiler.)"""
+    compiled = []
+    original = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn: compiled.append(fn.__name__) or original(fn, backend="eager"))
+    reference_dir, reference = finished_run
+    metrics = train(tiny("train.compile=true"), tmp_path)
+    torch._dynamo.reset()
+    assert compiled == ["training_loss"]
+    assert_same_weights(reference_dir, tmp_path)
+    assert results(metrics) == results(reference)
+
+
 def test_a_resumed_run_keeps_the_log_of_the_epochs_before_the_cut(resumed_run):
     run_dir, _, _, _, _ = resumed_run
     with open(run_dir / "log" / "metrics.csv") as f:
@@ -241,8 +255,12 @@ def test_a_resumed_run_keeps_the_log_of_the_epochs_before_the_cut(resumed_run):
     assert sorted({int(r["epoch"]) for r in rows if r.get("val/accuracy")}) == [0, 1]
 
 
+@pytest.mark.parametrize("check_every", [1, 3, 50])
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch,
-                                                                          batches_per_epoch):
+                                                                          batches_per_epoch, check_every):
+    """Losses are read on the host every ``train.log_every_n_steps`` batches and at each epoch's end; the
+    error names the first non-finite batch whichever batch the check ran at, and it comes before the epoch's
+    checkpoint."""
     original = MIMMO.training_loss
     calls = []
 
@@ -255,7 +273,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
 
     monkeypatch.setattr(MIMMO, "training_loss", nan_in_epoch_two)
     with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan\) at epoch 1, batch 2.*last\.ckpt"):
-        train(tiny(), tmp_path)
+        train(tiny(f"train.log_every_n_steps={check_every}"), tmp_path)
+    assert len(calls) == batches_per_epoch + min(check_every * -(-3 // check_every), batches_per_epoch)
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "weights.safetensors").exists()
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["epoch"] == 0
@@ -284,6 +303,9 @@ def assert_refused_before_training(run_dir: Path) -> None:
     (["method.prior=[0.1,0.1,0.1,0.1]"], r"prior must sum to 1 .*0\.4"),
     (["train.warm_start_epochs=2"], r"warm_start_epochs \(2\) must be < train\.epochs \(2\)"),
     (["train.warm_start_epochs=5"], r"warm_start_epochs \(5\) must be < train\.epochs \(2\)"),
+    (["train.channels_last=sometimes"], r"train\.channels_last must be true, false or auto, got 'sometimes'"),
+    (["train.compile=yes"], r"train\.compile must be true or false, got 'yes'"),
+    (["train.log_every_n_steps=0"], r"train\.log_every_n_steps must be an integer >= 1, got 0"),
     (["+method.dropout=0.5"], r"method 'mimmo' has no option\(s\) \['dropout'\]"),
     (["model.layers=[1,1,1,1,1,1]", "model.planes=[4,4,4,4,4,4]", "model.strides=[2,2,2,2,2,2]"],
      r"input size \(28, 28\) is too small .*>= 64"),

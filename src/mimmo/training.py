@@ -37,9 +37,11 @@ from mimmo.models.resnet import ResNetConfig, ResNetFactory
 
 log = logging.getLogger("mimmo")
 FORMAT_VERSION = 1
-# Settings that change where or how fast a run goes, not what it computes: ignored when a run is resumed.
+# Settings that change where or how fast a run goes, not what it computes: ignored when a run is resumed. (The
+# memory layout and torch.compile keep the math; floating-point sums may round differently in the last digits.)
 NON_SEMANTIC_KEYS = ("output_dir", "data.root", "train.progress_bar", "train.log_every_n_steps", "train.accelerator",
-                     "train.devices", "train.num_nodes", "train.strategy", "train.threads")
+                     "train.devices", "train.num_nodes", "train.strategy", "train.threads", "train.channels_last",
+                     "train.compile")
 
 
 def build_backbone_factory(model: DictConfig | dict) -> BackboneFactory:
@@ -99,6 +101,12 @@ def validate_training(cfg: DictConfig) -> None:
         (train.lr > 0, f"train.lr must be > 0, got {train.lr!r}"),
         (isinstance(train.eval_batch_size, int) and train.eval_batch_size >= 1,
          f"train.eval_batch_size must be an integer >= 1, got {train.eval_batch_size!r}"),
+        (train.channels_last in (True, False, "auto"),
+         f"train.channels_last must be true, false or auto, got {train.channels_last!r}"),
+        (isinstance(train.get("compile", False), bool),
+         f"train.compile must be true or false, got {train.get('compile')!r}"),
+        (isinstance(train.log_every_n_steps, int) and train.log_every_n_steps >= 1,
+         f"train.log_every_n_steps must be an integer >= 1, got {train.log_every_n_steps!r}"),
         (cfg.data.name in DATASETS, f"unknown dataset {cfg.data.name!r}; choose one of {list(DATASETS)}"),
     ]
     for ok, message in checks:
@@ -118,7 +126,9 @@ class MethodModule(L.LightningModule):
         super().__init__()
         self.method, self.normalizer, self.data = method, normalizer, data
         self.seed, self.train_cfg = int(cfg.seed), cfg.train
-        self.channels_last = bool(cfg.train.channels_last)
+        # train.compile: the training step's forward and loss (and with them the backward) through torch.compile;
+        # the same math on the method's own parameters. Evaluation and the cost count run the method as it is.
+        self.training_loss = torch.compile(method.training_loss) if cfg.train.get("compile") else method.training_loss
         self.exit_weight_history: list[list[list[float]]] = []
         self.validation_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
@@ -137,14 +147,25 @@ class MethodModule(L.LightningModule):
         x = self.normalizer(images.flatten(0, 1) if images.dim() == 5 else images)
         if images.dim() == 5:  # (B, S, C, H, W) streams for the ensemble
             x = x.unflatten(0, images.shape[:2])
-        if self.channels_last and x.dim() == 4:
+        if x.dim() == 4 and self.uses_channels_last():
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def uses_channels_last(self) -> bool:
+        """``train.channels_last``: true, false, or auto (true on a CPU, where training measured 1.3-1.4x
+        faster in channels-last memory, benchmarks/README.md; false elsewhere)."""
+        setting = self.train_cfg.channels_last
+        return self.device.type == "cpu" if setting == "auto" else bool(setting)
+
+    def on_fit_start(self) -> None:
+        if self.uses_channels_last():
+            self.method.to(memory_format=torch.channels_last)  # the weights' layout; the values stay
 
     def on_train_epoch_start(self) -> None:
         # Everything random inside an epoch (repetition, dropout, mixing) follows from (seed, epoch, rank),
         # so a run resumed from an epoch checkpoint continues exactly as an uninterrupted one.
         torch.manual_seed((self.seed * 1_000_003 + self.current_epoch) * 997 + self.global_rank)
+        self.unchecked_losses: list[torch.Tensor] = []
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
@@ -152,15 +173,27 @@ class MethodModule(L.LightningModule):
         progress = Progress(epoch=self.current_epoch, num_epochs=self.train_cfg.epochs,
                             fraction=(self.current_epoch + batch_idx / num_batches) / self.train_cfg.epochs,
                             num_train=len(self.data.train))
-        out = self.method.training_loss(self.prepare(images), labels, progress)
-        if not torch.isfinite(out.loss):
-            raise FloatingPointError(
-                f"non-finite training loss ({out.loss.item()}) at epoch {self.current_epoch}, batch {batch_idx}; "
-                "the run stops here and its last good checkpoint is checkpoints/last.ckpt")
+        out = self.training_loss(self.prepare(images), labels, progress)
+        self.unchecked_losses.append(out.loss.detach())
+        if (batch_idx + 1) % self.trainer.log_every_n_steps == 0 or batch_idx + 1 == num_batches:
+            self.check_losses_finite(batch_idx)
         self.log("train/loss", out.loss, prog_bar=True, on_step=False, on_epoch=True)
-        for key, value in out.logs.items():
-            self.log(f"train/{key}", value, on_step=False, on_epoch=True)
+        self.log_dict({f"train/{key}": value for key, value in out.logs.items()}, on_step=False, on_epoch=True)
         return out.loss
+
+    def check_losses_finite(self, batch_idx: int) -> None:
+        """Raise on the first non-finite loss since the last check. Reading a loss on the host waits for the
+        device, so the losses are read every ``train.log_every_n_steps`` batches and at the end of each epoch,
+        always before that epoch's checkpoint: a non-finite loss never reaches checkpoints/last.ckpt."""
+        losses = torch.stack(self.unchecked_losses)
+        first_batch = batch_idx + 1 - len(self.unchecked_losses)
+        self.unchecked_losses = []
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):
+            index = int((~finite).nonzero()[0, 0])
+            raise FloatingPointError(
+                f"non-finite training loss ({losses[index].item()}) at epoch {self.current_epoch}, batch "
+                f"{first_batch + index}; the run stops here and its last good checkpoint is checkpoints/last.ckpt")
 
     def on_train_epoch_end(self) -> None:
         weights = self.method.exit_weights()
@@ -325,8 +358,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     normalizer = Normalizer.fit(splits.train.images)
     write_text_atomic(config_path, OmegaConf.to_yaml(cfg, resolve=True))
     module = MethodModule(method, normalizer, splits, cfg)
-    if cfg.train.channels_last:
-        method.to(memory_format=torch.channels_last)
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
         num_nodes=cfg.train.num_nodes, strategy=trainer_strategy(cfg.train), precision=cfg.train.precision,
