@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU benchmark session in one script (benchmarks/README.md): installs what the machine lacks, then runs
-# throughput.py in fp32, in bf16 + channels_last, with MIMMO's fused exits and with the proposed Lightning step,
+# throughput.py in fp32, in bf16 + channels_last, and with MIMMO's fused exits,
 # then profiles MIMO and MIMMO (torch.compile is left out: compiling takes longer than this session's minutes). Everything lands in $OUT (at most 8 files): one JSON per
 # configuration, log.txt (every run's output) and profile.txt. Each run is cut at its time limit and the whole
 # script at DEADLINE seconds; a JSON is rewritten after every method, so a run cut short keeps what it measured.
@@ -51,7 +51,6 @@ run() {  # run NAME LIMIT_SECONDS ARGS...: one throughput.py configuration, cut 
 run fp32 140 --methods "$ORDER"
 run bf16-channels-last 120 --methods "$ORDER" --bf16 --channels-last
 run fp32-fused-exits 45 --methods mimo,mimmo,dun --m4 mimmo,ensemble --exit-path fused
-run fp32-lightning-proposed 40 --methods base,mimo,mimmo --m4 "" --lightning-variant proposed
 left=$((DEADLINE - SECONDS))
 if ((left >= 10)); then
   echo "== profile (limit ${left}s)" | tee -a "$LOG"

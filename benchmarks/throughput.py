@@ -7,14 +7,15 @@ For each method (3x32x32 inputs, 100 classes, the paper's ResNet, batch 64, R = 
   logging, checkpointing or progress bar; only the ``steps`` batches after the warm-up are timed, from the
   start of the first timed batch to the end of its last, optimiser step included);
 * training images/s through a bare PyTorch loop on the same method object, data and normaliser: uint8 batch
-  from the same ``BatchLoader`` -> device -> ``MethodModule.prepare`` (normalise) -> ``method.training_loss``
+  from the same ``BatchLoader`` -> device -> ``MethodModule.prepare`` (normalise) -> ``MethodModule.training_loss``
   -> backward -> Adam step. Same math; the ratio of the two times is the framework's overhead;
 * inference images/s of the predictive mixture (``method(x)`` then the mixture's log-probabilities, under
   ``torch.inference_mode``), and the peak memory of every phase.
 
 "Images" are loader images: 64 per training step (with R = 2 the network sees 128 rows). Every phase is
-repeated ``--repeats`` times (interleaved: Lightning, bare, inference, then again) after a warm-up; the JSON
-holds every value, the median, min and max. It also holds MIMMO's time per image over MIMO's next to their
+repeated ``--repeats`` times in rounds interleaved across the methods (round 1 of every method, then round 2,
+...), each after its warm-up, so that a slow drift of the machine touches every method alike; the JSON holds
+every value (in round order), the median, min and max. It also holds MIMMO's time per image over MIMO's next to their
 FLOPs ratio, and, for M = 4, MIMMO's and MIMO's inference speed over the Deep Ensemble's next to the FLOPs
 ratios, with the targets of the speed issue. Usage:
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -37,6 +37,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +69,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action="store_true",
                         help="channels_last memory format (train.channels_last)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (Lightning precision bf16-mixed)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the method's training loss and forward")
+    parser.add_argument("--compile", action="store_true",
+                        help="train.compile=true (the training loss through torch.compile) and a compiled forward")
     parser.add_argument("--exit-path", default="auto", choices=["auto", "fused", "reference"],
                         help="how MIMMO/DUN's conv exit adapters compute (mimmo.models.backbone.set_exit_path)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-lightning", action="store_true", help="skip the Lightning path (bare loop only)")
-    parser.add_argument("--lightning-variant", default="project", choices=["project", "proposed"],
-                        help="project: mimmo.training.MethodModule as it is; proposed: its training_step without "
-                             "a host sync per step (see ProposedModule)")
+    parser.add_argument("--width", type=float, default=1.0,
+                        help="model.width (1 = the paper's backbone); a tiny width makes the step cheap, so that "
+                             "Lightning's time minus the bare loop's is the framework's own cost per step")
     parser.add_argument("--out", default=None, help="write the JSON here too")
     return parser.parse_args(argv)
 
@@ -159,7 +161,9 @@ def method_config(name: str, args: argparse.Namespace, num_members: int | None =
                  "train.warm_start_epochs=0",  # time the steady state: MIMMO/DUN learn theta (95 of 100 epochs)
                  f"train.precision={'bf16-mixed' if args.bf16 else '32-true'}",
                  f"train.channels_last={'true' if args.channels_last else 'false'}",
-                 "train.progress_bar=false", "evaluation.shifted=false"]
+                 "train.progress_bar=false", "evaluation.shifted=false", f"model.width={args.width}"]
+    if args.compile:
+        overrides.append("train.compile=true")
     if num_members is not None:
         overrides.append(f"method.num_members={num_members}")
     return compose(overrides)
@@ -232,7 +236,7 @@ def bare_window(module, args: argparse.Namespace, device: torch.device) -> tuple
         progress = Progress(epoch=0, num_epochs=module.train_cfg.epochs, fraction=index / num_batches
                             / module.train_cfg.epochs, num_train=num_train)
         with autocast(args, device):
-            loss = method.training_loss(module.prepare(images), labels, progress).loss
+            loss = module.training_loss(module.prepare(images), labels, progress).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -270,46 +274,25 @@ def inference_window(module, args: argparse.Namespace, device: torch.device, ima
     return seconds, memory.peak_mb
 
 
-def proposed_module_class() -> type:
-    """MethodModule with the training_step proposed for mimmo/training.py (benchmarks/README.md): the same loss
-    and logs, but the finiteness check stays on the device and is read every ``FINITE_CHECK_EVERY`` steps (and
-    at the epoch's last batch) instead of forcing a host-device synchronisation every step, and the logs go
-    through one ``log_dict`` call."""
-    from mimmo.methods.base import Progress
-    from mimmo.training import MethodModule
+@dataclass
+class Job:
+    """One method's setup and its measurements so far (one entry per round, in every phase)."""
 
-    class ProposedModule(MethodModule):
-        FINITE_CHECK_EVERY = 50
-        _finite: torch.Tensor | None = None
-        _unchecked_since = 0
-
-        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-            images, labels = batch
-            num_batches = max(1, int(self.trainer.num_training_batches))
-            progress = Progress(epoch=self.current_epoch, num_epochs=self.train_cfg.epochs,
-                                fraction=(self.current_epoch + batch_idx / num_batches) / self.train_cfg.epochs,
-                                num_train=len(self.data.train))
-            out = self.method.training_loss(self.prepare(images), labels, progress)
-            finite = torch.isfinite(out.loss.detach())
-            if self._finite is None:
-                self._finite, self._unchecked_since = finite, batch_idx
-            else:
-                self._finite = self._finite & finite
-            if (batch_idx + 1) % self.FINITE_CHECK_EVERY == 0 or batch_idx + 1 == num_batches:
-                all_finite, self._finite = bool(self._finite), None
-                if not all_finite:
-                    raise FloatingPointError(
-                        f"non-finite training loss in epoch {self.current_epoch}, batches "
-                        f"{self._unchecked_since}..{batch_idx}; the last good checkpoint is checkpoints/last.ckpt")
-            self.log_dict({"train/loss": out.loss, **{f"train/{k}": v for k, v in out.logs.items()}},
-                          on_step=False, on_epoch=True)
-            return out.loss
-
-    return ProposedModule
+    key: str
+    module: Any
+    predict: Callable
+    infer_images: torch.Tensor
+    train: bool
+    meta: dict[str, Any]
+    phases: dict[str, list[tuple[float, float | None]]] = field(
+        default_factory=lambda: {"train_lightning": [], "train_bare": [], "inference": []})
+    load_average: list[float | None] = field(default_factory=list)
+    seconds: float = 0.0
 
 
-def measure_method(name: str, args: argparse.Namespace, device: torch.device, num_members: int | None = None,
-                   train: bool = True) -> dict[str, Any]:
+def setup_job(name: str, args: argparse.Namespace, device: torch.device, num_members: int | None = None,
+              train: bool = True) -> Job:
+    """Build the method (seeded, as ``mimmo train`` does), its Lightning module, data and prediction function."""
     from mimmo.data.datasets import Normalizer
     from mimmo.evaluation.cost import count_cost
     from mimmo.methods.base import mixture_log_probs
@@ -321,32 +304,38 @@ def measure_method(name: str, args: argparse.Namespace, device: torch.device, nu
     method = build_method_from_config(cfg, INPUT_SHAPE, NUM_CLASSES)
     cost = count_cost(method, INPUT_SHAPE)
     normalizer = Normalizer.fit(splits.train.images)
-    module_class = MethodModule if args.lightning_variant == "project" else proposed_module_class()
-    module = module_class(method, normalizer, splits, cfg)
+    module = MethodModule(method, normalizer, splits, cfg)
     if args.channels_last:
         method.to(memory_format=torch.channels_last)  # as mimmo.training.train does
-    if args.compile:
-        method.training_loss = torch.compile(method.training_loss)
-        forward = torch.compile(method.forward)
-    else:
-        forward = method
+    forward = torch.compile(method.forward) if args.compile else method  # (train.compile compiles the loss)
 
     def predict(images: torch.Tensor) -> torch.Tensor:
         with autocast(args, device):
             prediction = forward(module.prepare(images))
         return mixture_log_probs(prediction.logits, prediction.weights)
 
-    infer_images = splits.train.images[:args.infer_batch].to(device)
-    result: dict[str, Any] = {"num_members": method.num_members, "num_exits": method.num_exits,
-                              "flops": cost.flops, "params": cost.params}
-    phases: dict[str, list[tuple[float, float | None]]] = {"train_lightning": [], "train_bare": [], "inference": []}
-    for _ in range(args.repeats):
-        if train and not args.no_lightning:
-            phases["train_lightning"].append(lightning_window(module, args, device))
-        if train:
-            phases["train_bare"].append(bare_window(module, args, device))
-        phases["inference"].append(inference_window(module, args, device, infer_images, predict))
-    for phase, runs in phases.items():
+    key = name if num_members is None else f"{name}_m{num_members}"
+    meta = {"num_members": method.num_members, "num_exits": method.num_exits, "flops": cost.flops,
+            "params": cost.params}
+    return Job(key, module, predict, splits.train.images[:args.infer_batch], train, meta)
+
+
+def measure_round(job: Job, args: argparse.Namespace, device: torch.device) -> None:
+    """One repeat of every phase of ``job``: Lightning training, bare training, inference."""
+    start, load_before = time.perf_counter(), load_average()
+    if job.train and not args.no_lightning:
+        job.phases["train_lightning"].append(lightning_window(job.module, args, device))
+    if job.train:
+        job.phases["train_bare"].append(bare_window(job.module, args, device))
+    job.phases["inference"].append(
+        inference_window(job.module, args, device, job.infer_images.to(device), job.predict))
+    job.load_average.append(max(v for v in (load_before, load_average(), -1.0) if v is not None))
+    job.seconds += time.perf_counter() - start
+
+
+def job_result(job: Job, args: argparse.Namespace) -> dict[str, Any]:
+    result = dict(job.meta)
+    for phase, runs in job.phases.items():
         if not runs:
             continue
         images = args.batch_size * args.steps if phase.startswith("train") else args.infer_batch * args.infer_batches
@@ -354,12 +343,14 @@ def measure_method(name: str, args: argparse.Namespace, device: torch.device, nu
         result[phase] = {"images_per_s": summary([images / s for s, _ in runs]),
                          "ms_per_image": summary([1e3 * s / images for s, _ in runs]),
                          "peak_memory_mb": max(memory) if memory else None}
-    if phases["train_lightning"] and phases["train_bare"]:
-        result["framework_overhead"] = summary([lit / bare for (lit, _), (bare, _) in
-                                                zip(phases["train_lightning"], phases["train_bare"], strict=True)])
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    if job.phases["train_lightning"] and job.phases["train_bare"]:
+        pairs = list(zip(job.phases["train_lightning"], job.phases["train_bare"], strict=False))
+        result["framework_overhead"] = summary([lit / bare for (lit, _), (bare, _) in pairs])
+        result["framework_ms_per_step"] = summary([1e3 * (lit - bare) / args.steps for (lit, _), (bare, _) in pairs])
+    result["benchmark_seconds"] = job.seconds
+    # per round, the larger 1-minute load average of its start and end: above the threads this process uses,
+    # something else was running on the machine during that round
+    result["load_average"] = job.load_average
     return result
 
 
@@ -377,8 +368,11 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         for phase in ("train_lightning", "train_bare", "inference"):
             if phase in mimo and phase in mimmo:
                 ratio = mimmo[phase]["ms_per_image"]["median"] / mimo[phase]["ms_per_image"]["median"]
-                entry[f"{phase}_time_ratio"] = ratio
+                entry[f"{phase}_time_ratio"] = ratio  # of the medians
                 entry[f"{phase}_met"] = ratio <= limit
+                entry[f"{phase}_time_ratio_per_round"] = [  # the same round of both: robust to slow drifts
+                    a / b for a, b in zip(mimmo[phase]["ms_per_image"]["values"],
+                                          mimo[phase]["ms_per_image"]["values"], strict=False)]
         out["mimmo_over_mimo_time_per_image"] = entry
     overheads = {name: r["framework_overhead"]["median"] for name, r in results.items() if "framework_overhead" in r}
     if overheads:
@@ -395,8 +389,11 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             flops_ratio = ensemble["flops"] / r["flops"]
             speedup = r["inference"]["images_per_s"]["median"] / ensemble["inference"]["images_per_s"]["median"]
             target = TARGETS["m4_speedup_over_ensemble_min_fraction_of_flops_ratio"] * flops_ratio
+            per_round = [a / b for a, b in zip(r["inference"]["images_per_s"]["values"],
+                                               ensemble["inference"]["images_per_s"]["values"], strict=False)]
             m4[name] = {"inference_speedup_over_ensemble": speedup, "flops_ratio": flops_ratio,
-                        "fraction_of_ideal": speedup / flops_ratio, "target_min": target, "met": speedup >= target}
+                        "fraction_of_ideal": speedup / flops_ratio, "target_min": target, "met": speedup >= target,
+                        "speedup_per_round": per_round}
         out["m4_inference_over_ensemble"] = m4
     return out
 
@@ -420,10 +417,12 @@ def environment(args: argparse.Namespace, device: torch.device) -> dict[str, Any
         "batch_size": args.batch_size, "repetitions": 2, "steps": args.steps, "warmup": args.warmup,
         "repeats": args.repeats, "infer_batch": args.infer_batch, "infer_batches": args.infer_batches,
         "precision": "bf16-mixed" if args.bf16 else "32-true", "channels_last": args.channels_last,
-        "compile": args.compile, "exit_path": args.exit_path, "lightning_variant": args.lightning_variant,
+        "compile": args.compile, "exit_path": args.exit_path,
+        "model_width": args.width,
         "lightning_timing": "Trainer.fit over warmup+steps batches, the steps after the warm-up timed by a callback "
                             "(start of the first timed batch to the end of the last, optimiser step included)",
-        "bare_loop": "same BatchLoader, device transfer, MethodModule.prepare, method.training_loss, backward, Adam",
+        "bare_loop": "same BatchLoader, device transfer, MethodModule.prepare, MethodModule.training_loss, backward, "
+                     "Adam",
     }
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
@@ -464,20 +463,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     set_exit_path(args.exit_path)
     report: dict[str, Any] = {"environment": environment(args, device), "methods": {}}
-    jobs = [(name, None, True) for name in methods] + [(name, 4, False) for name in m4]
-    for name, members, train in jobs:
-        key = name if members is None else f"{name}_m{members}"
-        start, load_before = time.perf_counter(), load_average()
-        report["methods"][key] = measure_method(name, args, device, members, train)
-        report["methods"][key]["benchmark_seconds"] = time.perf_counter() - start
-        # the 1-minute load average before and after: above the threads this process uses, something else ran
-        report["methods"][key]["load_average"] = [load_before, load_average()]
-        speeds = {k: round(v["images_per_s"]["median"], 1) for k, v in report["methods"][key].items()
-                  if isinstance(v, dict) and "images_per_s" in v}
-        print(f"# {key}: images/s {json.dumps(speeds)} ({report['methods'][key]['benchmark_seconds']:.0f} s)",
-              file=sys.stderr, flush=True)
+    jobs = [setup_job(name, args, device) for name in methods]
+    jobs += [setup_job(name, args, device, num_members=4, train=False) for name in m4]
+    for round_index in range(args.repeats):  # interleaved: round r of every job, then round r + 1
+        for job in jobs:
+            measure_round(job, args, device)
+            speeds = {phase: round(args.batch_size * args.steps / runs[-1][0] if phase.startswith("train")
+                                   else args.infer_batch * args.infer_batches / runs[-1][0], 1)
+                      for phase, runs in job.phases.items() if runs}
+            print(f"# round {round_index + 1}/{args.repeats} {job.key}: images/s {json.dumps(speeds)} "
+                  f"(load {job.load_average[-1]:.1f})", file=sys.stderr, flush=True)
+        report["methods"] = {job.key: job_result(job, args) for job in jobs}
         report["ratios"] = ratios(report["methods"])
-        if args.out:  # written after every method, so a run cut short keeps what it measured
+        if args.out:  # written after every round, so a run cut short keeps what it measured
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     report["ratios"] = ratios(report["methods"])
