@@ -219,7 +219,6 @@ def lightning_window(module, args: argparse.Namespace, device: torch.device) -> 
 def bare_window(module, args: argparse.Namespace, device: torch.device) -> tuple[float, float | None]:
     """The same steps as the Lightning path, written out: batch -> device -> normalise -> loss -> backward -> Adam."""
     from mimmo.data.loader import BatchLoader
-    from mimmo.methods.base import Progress
 
     method = module.method
     module.to(device)
@@ -228,13 +227,12 @@ def bare_window(module, args: argparse.Namespace, device: torch.device) -> tuple
     loader = BatchLoader(module.data.train, args.batch_size, shuffle=True, seed=module.seed,
                          streams=method.data_streams)
     batches: Iterator = iter(loader)
-    num_batches, num_train = len(loader), len(module.data.train)
+    num_batches = len(loader)
 
     def step(index: int) -> None:
         images, labels = next(batches)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        progress = Progress(epoch=0, num_epochs=module.train_cfg.epochs, fraction=index / num_batches
-                            / module.train_cfg.epochs, num_train=num_train)
+        progress = module.progress(0, index, num_batches)
         with autocast(args, device):
             loss = module.training_loss(module.prepare(images), labels, progress).loss
         optimizer.zero_grad(set_to_none=True)

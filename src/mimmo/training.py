@@ -167,12 +167,15 @@ class MethodModule(L.LightningModule):
         torch.manual_seed((self.seed * 1_000_003 + self.current_epoch) * 997 + self.global_rank)
         self.unchecked_losses: list[torch.Tensor] = []
 
+    def progress(self, epoch: int, batch_idx: int, num_batches: int) -> Progress:
+        """Where training stands at batch ``batch_idx`` of ``num_batches`` in ``epoch`` (warm start, schedules)."""
+        return Progress(epoch=epoch, num_epochs=self.train_cfg.epochs, num_train=len(self.data.train),
+                        fraction=(epoch + batch_idx / num_batches) / self.train_cfg.epochs)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
         num_batches = max(1, int(self.trainer.num_training_batches))
-        progress = Progress(epoch=self.current_epoch, num_epochs=self.train_cfg.epochs,
-                            fraction=(self.current_epoch + batch_idx / num_batches) / self.train_cfg.epochs,
-                            num_train=len(self.data.train))
+        progress = self.progress(self.current_epoch, batch_idx, num_batches)
         out = self.training_loss(self.prepare(images), labels, progress)
         self.unchecked_losses.append(out.loss.detach())
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0 or batch_idx + 1 == num_batches:
