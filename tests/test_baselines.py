@@ -420,7 +420,7 @@ def test_mixmo_mask_is_binary_and_shared_across_channels():
     method = MixMo(TINY, 3, 5, num_members=2, cutmix_probability=1.0).train()
     features = method.encode(torch.randn(20, 2, 3, 8, 8))  # (B, M, 8, 8, 8)
     draw = method.draw_mixing(features, PROGRESS)
-    assert draw.mask is not None and draw.mask.shape == (20, 1, 8, 8)
+    assert bool(draw.cutmix) and draw.mask.shape == (20, 1, 8, 8)
     assert set(draw.mask.unique().tolist()) <= {0.0, 1.0}
     mixed = mix_features(features, draw)
     rows = torch.arange(20)
@@ -447,7 +447,7 @@ def test_mixmo_linear_mixing_and_test_time_sum():
     method = MixMo(TINY, 3, 5, num_members=3, cutmix_probability=0.0)
     features = method.encode(torch.randn(4, 3, 3, 8, 8))
     draw = method.draw_mixing(features, PROGRESS)
-    assert draw.mask is None and draw.member is None
+    assert not bool(draw.cutmix)
     torch.testing.assert_close(draw.kappa.sum(1), torch.ones(4))
     torch.testing.assert_close(mix_features(features, draw),
                                3 * sum(draw.kappa[:, m, None, None, None] * features[:, m] for m in range(3)))
@@ -502,12 +502,14 @@ def test_mixmo_cutmix_probability_schedule():
     method = MixMo(TINY, 3, 5)
 
     def at(fraction):
-        return method.cutmix_probability_at(Progress(0, 12, fraction, 100))
+        return float(method.cutmix_probability_at(Progress(0, 12, fraction, 100)))
 
     assert at(0.0) == 0.5 and at(10.9 / 12) == 0.5 and at(11 / 12) == pytest.approx(0.5)
     assert at(11.5 / 12) == pytest.approx(0.25)
     assert at(1.0) == 0.0
-    assert MixMo(TINY, 3, 5, decay_fraction=0.0).cutmix_probability_at(Progress(0, 1, 0.99, 1)) == 0.5
+    assert float(MixMo(TINY, 3, 5, decay_fraction=0.0).cutmix_probability_at(Progress(0, 1, 0.99, 1))) == 0.5
+    # progress.fraction as a 0-dim tensor (the graphed training step): the same schedule
+    assert float(method.cutmix_probability_at(Progress(0, 12, torch.tensor(11.5 / 12), 100))) == pytest.approx(0.25)
 
 
 def test_mixmo_training_uses_no_input_repetition_and_flat_features():
@@ -571,3 +573,18 @@ def test_a_short_training_run_lowers_the_loss(name, real_batch):
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-3:]) < 0.95 * sum(losses[:3]), losses  # multi-input methods learn slower at first
+
+
+def test_mixmo_draws_cutmix_with_its_probability():
+    """The per-batch choice is a tensor (graph-safe); its law is the schedule's Bernoulli(p)."""
+    torch.manual_seed(0)
+    method = MixMo(TINY, 3, 5, num_members=2, cutmix_probability=0.5).train()
+    features = method.encode(torch.randn(4, 2, 3, 8, 8))
+    draws = [method.draw_mixing(features, PROGRESS) for _ in range(2000)]
+    cutmix = torch.stack([draw.cutmix for draw in draws]).float()
+    assert float(cutmix.mean()) == pytest.approx(0.5, abs=0.04)
+    linear = [draw for draw in draws if not bool(draw.cutmix)]
+    # linear draws are never flipped: their kappa is the Dirichlet draw (mean 1/2 per member, no bias)
+    assert float(torch.cat([draw.kappa for draw in linear]).mean(0)[0]) == pytest.approx(0.5, abs=0.03)
+    late = Progress(0, 12, 1.0, 100)  # p has decayed to 0 at the end of training
+    assert not any(bool(method.draw_mixing(features, late).cutmix) for _ in range(200))

@@ -470,3 +470,18 @@ def test_per_exit_heads_add_d_minus_one_heads():
         shared.backbone.head.bias.add_(1.0)
         after = shared(x).logits
     assert torch.allclose(after - before, torch.ones_like(before))  # the shared head feeds every exit
+
+
+def test_theta_starts_at_a_non_uniform_prior_and_does_not_jump_after_the_warm_start():
+    """theta's logits start at log gamma: theta = gamma before, during and right after the warm start."""
+    prior = torch.tensor([[0.1, 0.4], [0.2, 0.3], [0.3, 0.2], [0.4, 0.1]])
+    method = MIMMO(TINY, 3, 5, num_members=2, warm_start_epochs=2, prior=prior)
+    during = Progress(epoch=1, num_epochs=10, fraction=0.15, num_train=100)
+    after = Progress(epoch=2, num_epochs=10, fraction=0.2, num_train=100)
+    torch.testing.assert_close(method.depth_weights(during), prior)
+    torch.testing.assert_close(method.depth_weights(after), prior)
+    torch.testing.assert_close(method.exit_weights(), prior)
+    assert float(method.kl_divergence(method.depth_weights(after))) == pytest.approx(0.0, abs=1e-6)
+    x = torch.randn(3, 3, 8, 8)
+    method.eval()
+    torch.testing.assert_close(method(x).weights, prior)  # predictions use gamma too

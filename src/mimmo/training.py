@@ -23,7 +23,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
-from mimmo.data.datasets import DATASET_SHAPES, DATASETS, Normalizer, Splits, load_dataset
+from mimmo.data.datasets import DATASET_SHAPES, DATASETS, ImageSet, Normalizer, Splits, load_dataset
 from mimmo.data.loader import BatchLoader
 from mimmo.evaluation.cost import count_cost
 from mimmo.evaluation.evaluate import evaluate_method, predict_log_probs
@@ -34,6 +34,7 @@ from mimmo.methods.base import Method, Progress
 from mimmo.methods.registry import build_method
 from mimmo.models.backbone import BackboneFactory
 from mimmo.models.resnet import ResNetConfig, ResNetFactory
+from mimmo.training_step import CudaGraphs, GraphBackend, TrainingStep, prepare_optimizer
 
 log = logging.getLogger("mimmo")
 FORMAT_VERSION = 1
@@ -41,7 +42,7 @@ FORMAT_VERSION = 1
 # memory layout and torch.compile keep the math; floating-point sums may round differently in the last digits.)
 NON_SEMANTIC_KEYS = ("output_dir", "data.root", "train.progress_bar", "train.log_every_n_steps", "train.accelerator",
                      "train.devices", "train.num_nodes", "train.strategy", "train.threads", "train.channels_last",
-                     "train.compile")
+                     "train.compile", "train.cuda_graphs")
 
 
 def build_backbone_factory(model: DictConfig | dict) -> BackboneFactory:
@@ -105,6 +106,8 @@ def validate_training(cfg: DictConfig) -> None:
          f"train.channels_last must be true, false or auto, got {train.channels_last!r}"),
         (isinstance(train.get("compile", False), bool),
          f"train.compile must be true or false, got {train.get('compile')!r}"),
+        (train.get("cuda_graphs", "auto") in (True, False, "auto"),
+         f"train.cuda_graphs must be true, false or auto, got {train.get('cuda_graphs')!r}"),
         (isinstance(train.log_every_n_steps, int) and train.log_every_n_steps >= 1,
          f"train.log_every_n_steps must be an integer >= 1, got {train.log_every_n_steps!r}"),
         (cfg.data.name in DATASETS, f"unknown dataset {cfg.data.name!r}; choose one of {list(DATASETS)}"),
@@ -119,23 +122,60 @@ def validate_training(cfg: DictConfig) -> None:
                          "(use method=mimmo_gamma for a run with fixed weights)")
 
 
+def cuda_graphs_available(device: torch.device, world_size: int) -> bool:
+    """Whether training steps can be replayed as CUDA graphs: one process on a CUDA device."""
+    return device.type == "cuda" and world_size == 1
+
+
+def make_graph_backend(device: torch.device) -> GraphBackend:
+    """How training steps are captured on ``device`` (tests put a stand-in here to run the graphed path on a CPU)."""
+    return CudaGraphs(device)
+
+
 class MethodModule(L.LightningModule):
-    """Runs any method: Adam, per-epoch cosine schedule to 0, warm start through ``Progress``."""
+    """Runs any method: Adam, per-epoch cosine schedule to 0, warm start through ``Progress``.
+
+    Optimisation is manual: each training step is one :class:`~mimmo.training_step.TrainingStep` (zero
+    gradients, loss, backward, update), eager or replayed as a CUDA graph (``train.cuda_graphs``), and the
+    losses are summed on the device and logged once per epoch (no host sync per step)."""
 
     def __init__(self, method: Method, normalizer: Normalizer, data: Splits, cfg: DictConfig) -> None:
         super().__init__()
+        self.automatic_optimization = False
         self.method, self.normalizer, self.data = method, normalizer, data
         self.seed, self.train_cfg = int(cfg.seed), cfg.train
-        # train.compile: the training step's forward and loss (and with them the backward) through torch.compile;
-        # the same math on the method's own parameters. Evaluation and the cost count run the method as it is.
+        # train.compile: the training loss (and with it the backward) through torch.compile; the same math on the
+        # method's own parameters. Evaluation and the cost count run the method as it is.
         self.training_loss = torch.compile(method.training_loss) if cfg.train.get("compile") else method.training_loss
         self.exit_weight_history: list[list[list[float]]] = []
         self.validation_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.step: TrainingStep | None = None
+        self.epoch_sums: torch.Tensor | None = None
+
+    def uses_cuda_graphs(self) -> bool:
+        """``train.cuda_graphs``: auto (the default) replays training steps as CUDA graphs on a GPU when one
+        process trains (data-parallel runs stay eager: their gradient all-reduce is not captured)."""
+        setting = self.train_cfg.get("cuda_graphs", "auto")
+        available = cuda_graphs_available(self.device, self.trainer.world_size)
+        if setting is True and not available:
+            raise ValueError(f"train.cuda_graphs=true needs one CUDA device and one process; this run trains on "
+                             f"{self.device.type} with {self.trainer.world_size} process(es) (use auto or false)")
+        return available if setting == "auto" else bool(setting)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        # Its form for the (graphed or eager) step is set at the first step, after a resumed checkpoint is loaded.
+        optimizer = torch.optim.Adam(self.method.parameters(), lr=self.train_cfg.lr, weight_decay=0.0)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.train_cfg.epochs, eta_min=0.0)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
     def train_dataloader(self) -> BatchLoader:
-        return BatchLoader(self.data.train, self.train_cfg.batch_size, shuffle=True, seed=self.seed,
+        return BatchLoader(self.on_device(self.data.train), self.train_cfg.batch_size, shuffle=True, seed=self.seed,
                            streams=self.method.data_streams, rank=self.global_rank,
                            world_size=self.trainer.world_size)
+
+    def on_device(self, data: ImageSet) -> ImageSet:
+        """On a GPU the split lives on the device (batches are cut there); on a CPU it stays where it is."""
+        return data.to(self.device) if self.device.type == "cuda" else data
 
     def val_dataloader(self) -> list[BatchLoader]:
         """The validation split, and with ``train.track_train`` also the training split in eval mode (to
@@ -166,23 +206,35 @@ class MethodModule(L.LightningModule):
         # so a run resumed from an epoch checkpoint continues exactly as an uninterrupted one.
         torch.manual_seed((self.seed * 1_000_003 + self.current_epoch) * 997 + self.global_rank)
         self.unchecked_losses: list[torch.Tensor] = []
+        self.epoch_steps = 0
 
     def progress(self, epoch: int, batch_idx: int, num_batches: int) -> Progress:
         """Where training stands at batch ``batch_idx`` of ``num_batches`` in ``epoch`` (warm start, schedules)."""
+        fraction = (epoch + batch_idx / num_batches) / self.train_cfg.epochs
+        if self.train_cfg.get("compile"):  # a tensor: torch.compile would specialise on a float and recompile
+            fraction = torch.tensor(fraction)
         return Progress(epoch=epoch, num_epochs=self.train_cfg.epochs, num_train=len(self.data.train),
-                        fraction=(epoch + batch_idx / num_batches) / self.train_cfg.epochs)
+                        fraction=fraction)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
         num_batches = max(1, int(self.trainer.num_training_batches))
         progress = self.progress(self.current_epoch, batch_idx, num_batches)
-        out = self.training_loss(self.prepare(images), labels, progress)
-        self.unchecked_losses.append(out.loss.detach())
+        optimizer = self.optimizers()
+        if self.step is None:
+            graphs = self.uses_cuda_graphs()
+            prepare_optimizer(optimizer.optimizer, graphs, self.device)
+            self.step = TrainingStep(self.training_loss, self.method.graph_key, self.prepare, optimizer.optimizer,
+                                     backward=self.manual_backward,
+                                     graphs=make_graph_backend(self.device) if graphs else None)
+        optimizer._on_before_step()  # Lightning counts optimiser steps (global_step) through these two hooks
+        stats = self.step(images, labels, progress)
+        optimizer._on_after_step()
+        self.epoch_sums = stats if self.epoch_sums is None else self.epoch_sums + stats
+        self.epoch_steps += 1
+        self.unchecked_losses.append(stats[0])
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0 or batch_idx + 1 == num_batches:
             self.check_losses_finite(batch_idx)
-        self.log("train/loss", out.loss, prog_bar=True, on_step=False, on_epoch=True)
-        self.log_dict({f"train/{key}": value for key, value in out.logs.items()}, on_step=False, on_epoch=True)
-        return out.loss
 
     def check_losses_finite(self, batch_idx: int) -> None:
         """Raise on the first non-finite loss since the last check. Reading a loss on the host waits for the
@@ -199,6 +251,12 @@ class MethodModule(L.LightningModule):
                 f"{first_batch + index}; the run stops here and its last good checkpoint is checkpoints/last.ckpt")
 
     def on_train_epoch_end(self) -> None:
+        if self.epoch_sums is not None:  # the epoch's mean loss and logs, read on the host once
+            means = self.epoch_sums / self.epoch_steps
+            for key, value in zip(self.step.log_keys, means, strict=True):
+                self.log(f"train/{key}", value, prog_bar=key == "loss")
+            self.epoch_sums = None
+        self.lr_schedulers().step()  # per epoch; before the epoch's checkpoint, which then holds the next epoch's lr
         weights = self.method.exit_weights()
         if weights is not None:
             self.exit_weight_history.append(weights.cpu().tolist())
@@ -217,11 +275,6 @@ class MethodModule(L.LightningModule):
                 self.log(f"{prefix}/{key}", metrics[key], prog_bar=prefix == "val" and key != "ece",
                          add_dataloader_idx=False)
         self.validation_outputs.clear()
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.Adam(self.method.parameters(), lr=self.train_cfg.lr, weight_decay=0.0)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.train_cfg.epochs, eta_min=0.0)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["exit_weight_history"] = self.exit_weight_history

@@ -57,6 +57,7 @@ class BatchLoader:
             return
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.sampler.epoch)
         order = torch.stack([torch.randperm(len(self.data), generator=generator) for _ in range(self.streams)], 1)
+        order = order.to(self.data.images.device)  # the same order, drawn on the CPU, wherever the data lives
         for batch in range(len(self)):
             index = order[batch * self.batch_size:(batch + 1) * self.batch_size][self.rank::self.world_size]
             if self.streams == 1:

@@ -50,7 +50,9 @@ class Progress:
 
     epoch: int  # 0-based epoch index
     num_epochs: int
-    fraction: float  # progress through the whole run in [0, 1)
+    # Progress through the whole run in [0, 1): a float, or a 0-dim tensor in the graphed training step (where it
+    # changes between replays of one captured graph, so a method must read it with tensor operations).
+    fraction: float | Tensor
     num_train: int  # N, the training-set size (the KL term of an ELBO is divided by it)
 
 
@@ -94,6 +96,13 @@ class Method(nn.Module):
 
     def training_loss(self, x: Tensor, y: Tensor, progress: Progress) -> LossOutput:  # pragma: no cover
         raise NotImplementedError
+
+    def graph_key(self, progress: Progress) -> object:
+        """What of ``progress`` (other than ``fraction``) :meth:`training_loss` turns into Python control flow.
+
+        A training step captured as a CUDA graph replays the operations of its capture, so a step is captured
+        once per distinct key. The default (None): the loss reads nothing of ``progress`` but tensors."""
+        return None
 
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:

@@ -83,8 +83,10 @@ class MIMMO(MultiInputMethod):
         self.network = ExitNetwork(backbone(in_channels * num_members, num_classes * num_members),
                                    per_exit_heads)
         self.num_exits = self.network.num_exits
-        self.depth_logits = nn.Parameter(torch.zeros(self.num_exits, num_members))
-        self.register_buffer("prior", make_prior(prior, self.num_exits, num_members))
+        prior_table = make_prior(prior, self.num_exits, num_members)
+        # theta's logits start at log gamma: theta = gamma at the start, so nothing jumps when the warm start ends
+        self.depth_logits = nn.Parameter(torch.log(prior_table))
+        self.register_buffer("prior", prior_table)
 
     @property
     def backbone(self) -> nn.Module:
@@ -93,6 +95,10 @@ class MIMMO(MultiInputMethod):
     def uses_prior(self, progress: Progress | None) -> bool:
         """True while theta is held at gamma: MIMMO-gamma always, MIMMO during the warm start."""
         return not self.optimise_depth or (progress is not None and progress.epoch < self.warm_start_epochs)
+
+    def graph_key(self, progress: Progress) -> bool:
+        """The warm start changes the step's computation (theta fixed, no KL): one graph for each phase."""
+        return self.uses_prior(progress)
 
     def depth_weights(self, progress: Progress | None = None) -> Tensor:
         """theta = softmax over exits of the logits, per member; gamma when :meth:`uses_prior`."""

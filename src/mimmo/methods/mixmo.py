@@ -12,6 +12,10 @@ other members fill the rest weighted by kappa_m / sum_{m'!=k} kappa_m'; for M = 
 flipped with probability 0.5 (the MixMo paper). Otherwise linear mixing h = M * sum_m kappa_m f_m. The
 loss is sum_m mean_b w_bm NLL_bm with w_bm = M kappa_bm^(1/r) / sum_m' kappa_bm'^(1/r).
 Test: every member sees the same image and h = sum_m f_m. The mixing is functional and costs 0 FLOPs.
+
+Every draw stays on the device and the per-batch choice is a tensor (both mixings are formed and one is
+selected): no host synchronisation and no Python branch on a random value, so a training step can be
+captured as a CUDA graph and replayed with fresh draws of the same law.
 """
 
 from __future__ import annotations
@@ -31,8 +35,11 @@ class MixingDraw:
     """The random choices of one training batch's mixing."""
 
     kappa: Tensor  # (B, M) mixing proportions (after a CutMix flip, the flipped ones)
-    member: Tensor | None = None  # (B,) member k filling the mask (CutMix); None: linear mixing
+    member: Tensor | None = None  # (B,) member k filling the mask; None: linear mixing
     mask: Tensor | None = None  # binary, (B, 1, H, W) for maps, (B, F) for flat features; None: linear
+    # 0-dim bool: whether this batch mixes by CutMix (member and mask) or linearly. None: CutMix exactly when a
+    # mask is given.
+    cutmix: Tensor | None = None
 
 
 def loss_weights(kappa: Tensor, r: float) -> Tensor:
@@ -74,8 +81,9 @@ def mix_features(features: Tensor, draw: MixingDraw) -> Tensor:
     """Mix member features (B, M, ...) into (B, ...) as ``draw`` says (scaled by M)."""
     batch, num_members = features.shape[:2]
     expand = (batch, num_members) + (1,) * (features.dim() - 2)
+    linear = num_members * (draw.kappa.to(features.dtype).view(expand) * features).sum(dim=1)
     if draw.mask is None:
-        return num_members * (draw.kappa.to(features.dtype).view(expand) * features).sum(dim=1)
+        return linear
     rows = torch.arange(batch, device=features.device)
     chosen = features[rows, draw.member]
     others = draw.kappa.to(features.dtype).clone()
@@ -83,7 +91,8 @@ def mix_features(features: Tensor, draw: MixingDraw) -> Tensor:
     others = others / others.sum(dim=1, keepdim=True).clamp_min(torch.finfo(others.dtype).tiny)
     rest = (others.view(expand) * features).sum(dim=1)
     mask = draw.mask.to(features.dtype)
-    return num_members * (mask * chosen + (1.0 - mask) * rest)
+    cut = num_members * (mask * chosen + (1.0 - mask) * rest)
+    return cut if draw.cutmix is None else torch.where(draw.cutmix, cut, linear)
 
 
 class MixMo(MultiInputMethod):
@@ -145,25 +154,34 @@ class MixMo(MultiInputMethod):
         features = torch.stack([encoder(x) for encoder in self.encoders()], dim=1)
         return Prediction(self.decode(features.sum(dim=1))[:, None], self.uniform_weights)
 
-    def cutmix_probability_at(self, progress: Progress) -> float:
-        """p0 until the last ``decay_fraction`` of training, then linearly down to 0 at the end."""
-        remaining = 1.0 - progress.fraction
-        if self.decay_fraction == 0.0 or remaining >= self.decay_fraction:
-            return self.cutmix_probability
-        return self.cutmix_probability * max(0.0, remaining / self.decay_fraction)
+    def cutmix_probability_at(self, progress: Progress) -> Tensor:
+        """p0 until the last ``decay_fraction`` of training, then linearly down to 0 at the end (a 0-dim
+        tensor; ``progress.fraction`` may be a float or a 0-dim tensor)."""
+        remaining = 1.0 - torch.as_tensor(progress.fraction, dtype=torch.float32)
+        if self.decay_fraction == 0.0:
+            return torch.full_like(remaining, self.cutmix_probability)
+        decayed = self.cutmix_probability * (remaining / self.decay_fraction).clamp(0.0, 1.0)
+        return torch.where(remaining >= self.decay_fraction, torch.full_like(remaining, self.cutmix_probability),
+                           decayed)
 
     def draw_mixing(self, features: Tensor, progress: Progress) -> MixingDraw:
-        """Draw kappa per sample and, per batch, CutMix (with its mask) or linear mixing."""
+        """Draw kappa per sample and, per batch, CutMix (a member and a box per sample) or linear mixing.
+
+        All draws are made every batch and the choice is a tensor (see the module's docstring); the law is
+        the same as drawing the CutMix parts only when the batch's coin says so."""
         batch, device = features.shape[0], features.device
         concentration = torch.full((self.num_members,), self.dirichlet_alpha, device=device)
-        kappa = torch.distributions.Dirichlet(concentration).sample((batch,))
-        if not torch.rand(()).item() < self.cutmix_probability_at(progress):
-            return MixingDraw(kappa)
+        # validate_args=False: the argument check would read a device value on the host
+        kappa = torch.distributions.Dirichlet(concentration, validate_args=False).sample((batch,))
+        # (a 0-dim CPU probability enters a device comparison as a scalar: no copy, no sync)
+        cutmix = torch.rand((), device=device) < self.cutmix_probability_at(progress)
         member = torch.randint(self.num_members, (batch,), device=device)
         mask = box_mask(kappa[torch.arange(batch, device=device), member], tuple(features.shape[2:]))
-        if self.num_members == 2 and torch.rand(()).item() < 0.5:
-            mask, kappa = 1.0 - mask, 1.0 - kappa
-        return MixingDraw(kappa, member, mask)
+        if self.num_members == 2:  # flip the mask and kappa with probability 0.5 (CutMix batches only)
+            flip = cutmix & (torch.rand((), device=device) < 0.5)
+            mask = torch.where(flip, 1.0 - mask, mask)
+            kappa = torch.where(flip, 1.0 - kappa, kappa)
+        return MixingDraw(kappa, member, mask, cutmix)
 
     def mixed_loss(self, features: Tensor, targets: Tensor, draw: MixingDraw) -> Tensor:
         """Loss of member features (B, M, ...) with targets (B, M) under a given mixing draw."""
@@ -176,8 +194,7 @@ class MixMo(MultiInputMethod):
         features = self.encode(inputs.unflatten(1, (self.num_members, x.shape[1])))
         draw = self.draw_mixing(features, progress)
         loss = self.mixed_loss(features, targets, draw)
-        cutmix = torch.tensor(float(draw.mask is not None), device=loss.device)
-        return LossOutput(loss, {"nll": loss.detach(), "cutmix": cutmix})
+        return LossOutput(loss, {"nll": loss.detach(), "cutmix": draw.cutmix.float()})
 
     def member_input_weights(self) -> list[Tensor]:
         return [encoder.weight.detach() for encoder in self.encoders()]
