@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_training import tiny
 
 from mimmo import training
 from mimmo.methods.base import Progress
@@ -22,8 +23,6 @@ from mimmo.methods.registry import METHODS, build_method
 from mimmo.models.resnet import ResNetConfig, ResNetFactory
 from mimmo.training import MethodModule, train
 from mimmo.training_step import TrainingStep, prepare_optimizer
-
-from test_training import tiny
 
 METHOD_OVERRIDES = {
     "base": [], "ensemble": ["method.num_members=2"], "mc_dropout": ["method.num_samples=2"], "dun": [],
