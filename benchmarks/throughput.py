@@ -57,7 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="'all' or a comma-separated list of " + ",".join(ALL_METHODS))
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per repeat")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed training steps before each timed window")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed training steps before each timed window "
+                        "(on a GPU at least 4: the graphed step runs 3 eager steps before its capture)")
+    parser.add_argument("--eager", action="store_true",
+                        help="train.cuda_graphs=false: eager training steps on a GPU too (graphed by default there)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64, help="training batch (loader images per step)")
     parser.add_argument("--infer-batch", type=int, default=None,
@@ -164,6 +167,8 @@ def method_config(name: str, args: argparse.Namespace, num_members: int | None =
                  "train.progress_bar=false", "evaluation.shifted=false", f"model.width={args.width}"]
     if args.compile:
         overrides.append("train.compile=true")
+    if args.eager:
+        overrides.append("train.cuda_graphs=false")
     if num_members is not None:
         overrides.append(f"method.num_members={num_members}")
     return compose(overrides)
@@ -217,27 +222,30 @@ def lightning_window(module, args: argparse.Namespace, device: torch.device) -> 
 
 
 def bare_window(module, args: argparse.Namespace, device: torch.device) -> tuple[float, float | None]:
-    """The same steps as the Lightning path, written out: batch -> device -> normalise -> loss -> backward -> Adam."""
+    """The same steps as the Lightning path without the framework: batch (on the device) -> the project's
+    ``TrainingStep`` (normalise -> loss -> backward -> Adam), replayed as a CUDA graph where the Lightning path
+    replays one (``train.cuda_graphs``)."""
     from mimmo.data.loader import BatchLoader
+    from mimmo.training import cuda_graphs_available, make_graph_backend
+    from mimmo.training_step import TrainingStep, prepare_optimizer
 
     method = module.method
     module.to(device)
     method.train()
     optimizer = torch.optim.Adam(method.parameters(), lr=module.train_cfg.lr, weight_decay=0.0)
-    loader = BatchLoader(module.data.train, args.batch_size, shuffle=True, seed=module.seed,
+    graphs = module.train_cfg.cuda_graphs in ("auto", True) and cuda_graphs_available(device, 1)
+    prepare_optimizer(optimizer, graphs, device)
+    loader = BatchLoader(module.data.train.to(device), args.batch_size, shuffle=True, seed=module.seed,
                          streams=method.data_streams)
     batches: Iterator = iter(loader)
     num_batches = len(loader)
+    train_step = TrainingStep(module.training_loss, method.graph_key, module.prepare, optimizer,
+                              graphs=make_graph_backend(device) if graphs else None)
 
     def step(index: int) -> None:
         images, labels = next(batches)
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        progress = module.progress(0, index, num_batches)
         with autocast(args, device):
-            loss = module.training_loss(module.prepare(images), labels, progress).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            train_step(images, labels, module.progress(0, index, num_batches))
 
     for index in range(args.warmup):
         step(index)
@@ -415,7 +423,7 @@ def environment(args: argparse.Namespace, device: torch.device) -> dict[str, Any
         "batch_size": args.batch_size, "repetitions": 2, "steps": args.steps, "warmup": args.warmup,
         "repeats": args.repeats, "infer_batch": args.infer_batch, "infer_batches": args.infer_batches,
         "precision": "bf16-mixed" if args.bf16 else "32-true", "channels_last": args.channels_last,
-        "compile": args.compile, "exit_path": args.exit_path,
+        "compile": args.compile, "exit_path": args.exit_path, "eager": args.eager,
         "model_width": args.width,
         "lightning_timing": "Trainer.fit over warmup+steps batches, the steps after the warm-up timed by a callback "
                             "(start of the first timed batch to the end of the last, optimiser step included)",

@@ -198,6 +198,7 @@ class MethodModule(L.LightningModule):
         return self.device.type == "cpu" if setting == "auto" else bool(setting)
 
     def on_fit_start(self) -> None:
+        self.step, self.epoch_sums = None, None  # a new fit has a new optimiser: its step is made at the first batch
         if self.uses_channels_last():
             self.method.to(memory_format=torch.channels_last)  # the weights' layout; the values stay
 
