@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
-
 from epoch_time import write_cifar100
+from safetensors.torch import load_file
 
 
 def run(method: str, root: Path, run_dir: Path, overrides: list[str], tensor_lr: bool) -> dict[str, Any]:
