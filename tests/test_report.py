@@ -153,7 +153,7 @@ def test_paper_order_and_base_in_every_table(runs_dir: Path):
     tables = build_tables(group_runs(load_runs([runs_dir])))
     assert [t.num_members for t in tables] == [2, 4]
     first_column = [line.split(" | ")[0] for line in to_markdown(tables[0]).splitlines()[4:7]]
-    assert first_column == ["| Base", "| MIMO", "| MIMMO γ"]
+    assert first_column == ["| Base", "| MIMO", "| MIMMO-γ"]
     second_column = [line.split(" | ")[0] for line in to_markdown(tables[1]).splitlines()[4:6]]
     assert second_column == ["| Base", "| MIMMO"]
 

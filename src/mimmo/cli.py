@@ -8,28 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-CONFIG_DIR = str(Path(__file__).parent / "configs")
-
-
-def _run_name(override_dirname: str) -> str:
-    """Run folder name: the command-line overrides (sorted by Hydra), or 'default' when there are none."""
-    return override_dirname.replace("/", "_") or "default"
-
-
-if not OmegaConf.has_resolver("run_name"):
-    OmegaConf.register_new_resolver("run_name", _run_name)
-
-
-def compose(overrides: list[str]) -> DictConfig:
-    """The resolved config for ``overrides`` without running anything (no Hydra run directory)."""
-    with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return hydra.compose(config_name="config", overrides=overrides)
+from mimmo.config import CONFIG_DIR, compose
 
 
 _invoked_as = sys.argv[0]  # the script that started this process (mimmo's console script, or a -m module)
@@ -47,7 +31,37 @@ def _train_main(cfg: DictConfig) -> float | None:
     return metrics.get("test", {}).get("nll") if metrics else None
 
 
+def check_data_before_start(overrides: list[str]) -> None:
+    """Before Hydra makes any run folder: every run's data is there (or will be downloaded); SystemExit naming
+    the dataset and the path otherwise. Each distinct data config of a ``--multirun`` sweep is checked once."""
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mimmo.data.registry import check_data
+    from mimmo.grid import expand
+
+    flags = {o for o in overrides if o.startswith("-")}
+    if flags - {"--multirun", "-m"}:
+        return  # --help, --cfg, --info, ...: Hydra answers them and nothing trains
+    arguments = [o for o in overrides if o not in flags]
+    checked: set[str] = set()
+    try:
+        jobs = expand(arguments) if arguments else [()]
+        for job in jobs:
+            data = compose(list(job)).data
+            key = repr(OmegaConf.to_container(data, resolve=True))
+            if key not in checked:
+                check_data(data)
+                checked.add(key)
+    except (HydraException, OmegaConfBaseException):
+        return  # an override that does not compose: Hydra reports it next, with its own message
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"mimmo train: {error}") from error
+
+
 def train_command(overrides: list[str]) -> None:
+    check_data_before_start(overrides)
     saved = sys.argv
     sys.argv = ["mimmo train", *overrides]
     try:
@@ -59,7 +73,9 @@ def train_command(overrides: list[str]) -> None:
 def cost_table_command(overrides: list[str]) -> None:
     """``mimmo cost --table [--members 2,4,8] [model/data overrides]``: every method, the paper's layout."""
     from mimmo.evaluation.cost_table import cost_table, format_cost_table
-    from mimmo.training import build_backbone_factory, check_input_fits, input_spec
+    from mimmo.models.backbone import backbone_input_shape
+    from mimmo.models.registry import build_backbone_factory
+    from mimmo.training import input_spec
 
     members = [2, 4, 8]
     if "--members" in overrides:
@@ -70,17 +86,17 @@ def cost_table_command(overrides: list[str]) -> None:
             raise SystemExit(f"--members takes a comma-separated list of integers, e.g. 2,4,8 ({error})") from error
         overrides = overrides[:position] + overrides[position + 2:]
     cfg = compose([o for o in overrides if o != "--table"])
-    input_shape, num_classes = input_spec(cfg)
+    data_shape, num_classes = input_spec(cfg)
     factory = build_backbone_factory(cfg.model)
-    check_input_fits(factory, input_shape)
-    print(f"{cfg.data.name} {input_shape}, {num_classes} classes, model {dict(cfg.model)}\n")
+    input_shape = backbone_input_shape(factory, data_shape)
+    print(f"{cfg.data.name} {data_shape}, {num_classes} classes, model {dict(cfg.model)}\n")
     for num_members in members:
         print(format_cost_table(cost_table(num_members, input_shape, num_classes, factory), num_members))
 
 
 def cost_command(overrides: list[str]) -> None:
     from mimmo.evaluation.cost import count_cost
-    from mimmo.training import build_method_from_config, input_spec
+    from mimmo.training import build_method_from_config, input_spec, model_input_shape
 
     if "--table" in overrides:
         cost_table_command(overrides)
@@ -88,7 +104,7 @@ def cost_command(overrides: list[str]) -> None:
     cfg = compose(overrides)
     input_shape, num_classes = input_spec(cfg)
     method = build_method_from_config(cfg, input_shape, num_classes)
-    cost = count_cost(method, input_shape)
+    cost = count_cost(method, model_input_shape(cfg, input_shape))
     print(f"{cfg.method.name} (M={method.num_members}, D={method.num_exits}) on {cfg.data.name} {input_shape}: "
           f"{cost.flops / 1e6:.2f} M FLOPs, {cost.params / 1e6:.2f} M params "
           f"({cost.flops:,} FLOPs, {cost.params:,} params; one test-time prediction, paper convention)")
@@ -118,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "grid":
         from mimmo.grid import main as grid_main
 
-        grid_main(argv[1:])
+        grid_main(argv[1:], train=train_command)
         return
     if argv and argv[0] in ("train", "cost"):
         command, rest = argv[0], argv[1:]

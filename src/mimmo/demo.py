@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mimmo.cli import compose
+from mimmo.config import compose
 from mimmo.training import train
 
 DEMO_METHODS = ("base", "mimo", "mimmo")

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
-from mimmo.cli import CONFIG_DIR
+from mimmo.config import CONFIG_DIR
 
 GRID_DIR = Path(CONFIG_DIR) / "grid"
 USAGE = """usage: mimmo grid NAME [--dry-run] [overrides...]
@@ -210,11 +210,12 @@ def validate(sweeps: Sequence[Sequence[PlannedRun]]) -> int:
     from omegaconf import OmegaConf
 
     from mimmo.methods.registry import build_method
+    from mimmo.models.registry import build_backbone_factory
     from mimmo.training import (
-        build_backbone_factory,
         build_method_from_config,
         input_spec,
         method_options,
+        model_input_shape,
         validate_training,
     )
 
@@ -234,8 +235,8 @@ def validate(sweeps: Sequence[Sequence[PlannedRun]]) -> int:
                 input_shape, num_classes = input_spec(cfg)
                 if shape in shapes:
                     validate_training(cfg)
-                    build_method(cfg.method.name, build_backbone_factory(cfg.model), input_shape[0], num_classes,
-                                 method_options(cfg))
+                    build_method(cfg.method.name, build_backbone_factory(cfg.model),
+                                 model_input_shape(cfg, input_shape)[0], num_classes, method_options(cfg))
                 else:
                     build_method_from_config(cfg, input_shape, num_classes)
                     shapes.add(shape)
@@ -244,6 +245,26 @@ def validate(sweeps: Sequence[Sequence[PlannedRun]]) -> int:
                                  f"{error}") from error
             checked.add(settings)
     return len(shapes)
+
+
+def check_grid_data(sweeps: Sequence[Sequence[PlannedRun]]) -> None:
+    """Every run's data is there (or will be downloaded), checked once per distinct data config before anything
+    runs; FileNotFoundError naming the dataset, the path and a run that needs it."""
+    from omegaconf import OmegaConf
+
+    from mimmo.data.registry import check_data
+
+    checked: set[str] = set()
+    for runs in sweeps:
+        for run in runs:
+            key = repr(OmegaConf.to_container(run.config.data, resolve=True))
+            if key in checked:
+                continue
+            try:
+                check_data(run.config.data)
+            except FileNotFoundError as error:
+                raise FileNotFoundError(f"run {' '.join(run.overrides)!r} (sweep {run.sweep + 1}): {error}") from error
+            checked.add(key)
 
 
 def sweep_command(sweep: Sequence[str], extra: Sequence[str]) -> list[str]:
@@ -261,10 +282,12 @@ def run_grid(name: str, extra: Sequence[str] = (), dry_run: bool = False,
              train: Callable[[list[str]], None] | None = None, out: Callable[[str], None] = print) -> int:
     """Run (or with ``dry_run`` only plan and validate) grid ``name``; return its number of runs.
 
-    ``train`` runs one sweep from ``mimmo train`` arguments (default: ``mimmo.cli.train_command``, in process).
+    ``train`` runs one sweep from ``mimmo train`` arguments (``mimmo.cli.train_command`` runs it in process);
+    it is needed unless ``dry_run``.
     """
     grid = load_grid(name)
     sweeps = plan(grid, extra)
+    check_grid_data(sweeps)
     total = sum(len(runs) for runs in sweeps)
     distinct = len({run.folder for runs in sweeps for run in runs})
     shared = f", {total - distinct} shared between sweeps" if distinct != total else ""
@@ -275,10 +298,11 @@ def run_grid(name: str, extra: Sequence[str] = (), dry_run: bool = False,
         out(f"[grid] sweep {index + 1}/{len(sweeps)} ({_summary(runs)}): {command}")
     if dry_run:
         built = validate(sweeps)
-        out(f"[grid] dry run: every run composes and validates ({built} distinct methods built); nothing trained")
+        out(f"[grid] dry run: every run composes and validates, its data is there or will be downloaded "
+            f"({built} distinct methods built); nothing trained")
         return total
     if train is None:
-        from mimmo.cli import train_command as train
+        raise ValueError("run_grid needs train (e.g. mimmo.cli.train_command) unless dry_run")
     for index, sweep in enumerate(grid.sweeps):
         arguments = sweep_command(sweep, extra)
         out(f"[grid] running sweep {index + 1}/{len(grid.sweeps)}: mimmo train {' '.join(map(shlex.quote, arguments))}")
@@ -299,8 +323,8 @@ def list_grids(out: Callable[[str], None] = print) -> None:
         out(f"{name:<20} {count:>4} runs  {grid.description}")
 
 
-def main(argv: Sequence[str]) -> None:
-    """``mimmo grid`` from its arguments (after ``grid``)."""
+def main(argv: Sequence[str], train: Callable[[list[str]], None] | None = None) -> None:
+    """``mimmo grid`` from its arguments (after ``grid``); ``train`` runs one sweep (see :func:`run_grid`)."""
     flags = {a for a in argv if a in ("--list", "--dry-run", "-h", "--help")}
     positional = [a for a in argv if a not in flags]
     if "-h" in flags or "--help" in flags:
@@ -312,7 +336,7 @@ def main(argv: Sequence[str]) -> None:
     if not positional or positional[0].startswith("-"):
         raise SystemExit(USAGE + f"\nmimmo grid: give a grid name; one of {sorted(available_grids())}")
     try:
-        run_grid(positional[0], positional[1:], dry_run="--dry-run" in flags)
-    except ValueError as error:
+        run_grid(positional[0], positional[1:], dry_run="--dry-run" in flags, train=train)
+    except (ValueError, FileNotFoundError) as error:
         print(f"mimmo grid: {error}", file=sys.stderr)
         raise SystemExit(2) from error

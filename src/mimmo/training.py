@@ -23,7 +23,8 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
-from mimmo.data.datasets import DATASET_SHAPES, DATASETS, ImageSet, Normalizer, Splits, load_dataset
+from mimmo.data.datasets import ImageSet, Normalizer, Splits
+from mimmo.data.registry import DATASETS, check_data, dataset_shape, load_data
 from mimmo.data.loader import BatchLoader
 from mimmo.evaluation.cost import count_cost
 from mimmo.evaluation.evaluate import evaluate_method, predict_log_probs
@@ -32,8 +33,8 @@ from mimmo.evaluation.probes import feature_reuse
 from mimmo.io import read_json, write_json_atomic, write_text_atomic
 from mimmo.methods.base import Method, Progress
 from mimmo.methods.registry import build_method
-from mimmo.models.backbone import BackboneFactory
-from mimmo.models.resnet import ResNetConfig, ResNetFactory
+from mimmo.models.backbone import backbone_input_shape
+from mimmo.models.registry import build_backbone_factory
 from mimmo.training_step import CudaGraphs, GraphBackend, TrainingStep, prepare_optimizer
 
 log = logging.getLogger("mimmo")
@@ -45,26 +46,16 @@ NON_SEMANTIC_KEYS = ("output_dir", "data.root", "train.progress_bar", "train.log
                      "train.compile", "train.cuda_graphs")
 
 
-def build_backbone_factory(model: DictConfig | dict) -> BackboneFactory:
-    """The backbone factory described by a ``model`` config."""
-    model = dict(model)
-    name = model.pop("name", None)
-    if name == "resnet":
-        return ResNetFactory(ResNetConfig(
-            layers=tuple(model["layers"]), planes=tuple(model["planes"]), strides=tuple(model["strides"]),
-            stem_channels=int(model["stem_channels"]), width=float(model["width"])))
-    raise ValueError(f"unknown model {name!r}; choose one of ['resnet']")
+def model_input_shape(cfg: DictConfig, data_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of one input the configured backbone takes for data of ``data_shape`` (checked to fit):
+    the image shape, or (C*H*W,) for a backbone of flat inputs."""
+    return backbone_input_shape(build_backbone_factory(cfg.model), data_shape)
 
 
-def check_input_fits(factory: BackboneFactory, input_shape: tuple[int, ...]) -> None:
-    """Refuse an input size or channel count that the backbone cannot take."""
-    if isinstance(factory, ResNetFactory):
-        if len(input_shape) != 3:
-            raise ValueError(f"the ResNet backbone takes images (C, H, W), got input shape {input_shape}")
-        smallest = factory.config.min_input_size()
-        if min(input_shape[1:]) < smallest:
-            raise ValueError(f"input size {input_shape[1:]} is too small for strides {factory.config.strides}: "
-                             f"height and width must be >= {smallest}")
+def build_normalizer(cfg: DictConfig, images: torch.Tensor) -> Normalizer:
+    """The training split's normaliser, flattening the images when the backbone takes flat inputs."""
+    data_shape = tuple(images.shape[1:])
+    return Normalizer.fit(images, flatten=len(model_input_shape(cfg, data_shape)) < len(data_shape))
 
 
 def method_options(cfg: DictConfig) -> dict[str, Any]:
@@ -74,10 +65,10 @@ def method_options(cfg: DictConfig) -> dict[str, Any]:
     return options
 
 
-def build_method_from_config(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> Method:
+def build_method_from_config(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int) -> Method:
     """Validate the config against the data shape and build the method (seeded by ``cfg.seed``)."""
     factory = build_backbone_factory(cfg.model)
-    check_input_fits(factory, input_shape)
+    input_shape = backbone_input_shape(factory, data_shape)
     validate_training(cfg)
     L.seed_everything(int(cfg.seed), workers=False, verbose=False)
     method = build_method(cfg.method.name, factory, input_shape[0], num_classes, method_options(cfg))
@@ -110,7 +101,7 @@ def validate_training(cfg: DictConfig) -> None:
          f"train.cuda_graphs must be true, false or auto, got {train.get('cuda_graphs')!r}"),
         (isinstance(train.log_every_n_steps, int) and train.log_every_n_steps >= 1,
          f"train.log_every_n_steps must be an integer >= 1, got {train.log_every_n_steps!r}"),
-        (cfg.data.name in DATASETS, f"unknown dataset {cfg.data.name!r}; choose one of {list(DATASETS)}"),
+        (cfg.data.name in DATASETS, f"unknown dataset {cfg.data.name!r}; choose one of {sorted(DATASETS)}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -331,16 +322,12 @@ def semantic_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def load_splits(cfg: DictConfig) -> Splits:
-    return load_dataset(cfg.data.name, int(cfg.seed), root=cfg.data.get("root"),
-                        validation_fraction=cfg.data.validation_fraction,
-                        test_fraction=cfg.data.get("test_fraction", 0.2), train_size=cfg.data.get("train_size"))
+    return load_data(cfg.data, int(cfg.seed))
 
 
 def input_spec(cfg: DictConfig) -> tuple[tuple[int, ...], int]:
-    """Input shape and number of classes of the configured dataset, known without reading it."""
-    if cfg.data.name not in DATASET_SHAPES:
-        raise ValueError(f"unknown dataset {cfg.data.name!r}; choose one of {list(DATASETS)}")
-    return DATASET_SHAPES[cfg.data.name]
+    """Image shape (C, H, W) and number of classes of the configured dataset, known without loading it."""
+    return dataset_shape(cfg.data)
 
 
 def save_weights(path: Path, method: Method, normalizer: Normalizer) -> None:
@@ -359,10 +346,15 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[M
             raise FileNotFoundError(f"{run_dir} is not a finished run: {name} is missing")
     cfg = OmegaConf.load(run_dir / "config.yaml")
     assert isinstance(cfg, DictConfig)
-    input_shape, num_classes = input_spec(cfg)
+    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    if "data_shape" in metrics and "num_classes" in metrics:  # known without the data (a folder may be elsewhere)
+        input_shape, num_classes = tuple(metrics["data_shape"]), int(metrics["num_classes"])
+    else:
+        input_shape, num_classes = input_spec(cfg)
     method = build_method_from_config(cfg, input_shape, num_classes)
     tensors = load_file(str(run_dir / "weights.safetensors"))
-    normalizer = Normalizer(torch.zeros(input_shape[0]), torch.ones(input_shape[0]))
+    flatten = len(model_input_shape(cfg, input_shape)) < len(input_shape)
+    normalizer = Normalizer(torch.zeros(input_shape[0]), torch.ones(input_shape[0]), flatten)
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
@@ -409,10 +401,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     if metrics_path.exists():
         log.info("%s already finished; skipping (remove metrics.json to run it again)", run_dir)
         return read_json(metrics_path)
+    check_data(cfg.data)  # before anything is written: a missing dataset is named with its path
     configure_threads(cfg)
     splits = load_splits(cfg)
     method = build_method_from_config(cfg, splits.input_shape, splits.num_classes)
-    normalizer = Normalizer.fit(splits.train.images)
+    normalizer = build_normalizer(cfg, splits.train.images)
     write_text_atomic(config_path, OmegaConf.to_yaml(cfg, resolve=True))
     module = MethodModule(method, normalizer, splits, cfg)
     trainer = L.Trainer(
@@ -463,9 +456,11 @@ def evaluate_model(cfg: DictConfig, method: Method, normalizer: Normalizer, spli
     evaluation = evaluate_method(method, splits.test, normalizer, batch, device, shift_seed=int(cfg.seed),
                                  shifted=bool(cfg.evaluation.shifted))
     weights = method.exit_weights()
-    cost = count_cost(method, splits.input_shape)
+    cost = count_cost(method, model_input_shape(cfg, splits.input_shape))
     return {
         "format_version": FORMAT_VERSION, "method": cfg.method.name, "dataset": cfg.data.name,
+        "data_shape": list(splits.input_shape), "num_classes": splits.num_classes,
+        "class_names": None if splits.class_names is None else list(splits.class_names),
         "num_members": method.num_members, "num_exits": method.num_exits, "seed": int(cfg.seed),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "test": evaluation["test"], "shifted": evaluation["shifted"],

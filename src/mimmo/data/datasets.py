@@ -1,4 +1,5 @@
-"""Datasets as in-memory uint8 tensors: the embedded default, CIFAR-10/100 from a local copy.
+"""Datasets as in-memory uint8 tensors: the embedded default, CIFAR-10/100 from a local copy (or downloaded:
+``mimmo.data.download``), a folder of images (``mimmo.data.folder``). ``mimmo.data.registry`` declares them.
 
 Every loader returns a :class:`Splits` of train, validation and test :class:`ImageSet` s. Images stay
 uint8 (N, C, H, W) until a batch is on the device, where :class:`Normalizer` turns them into floats.
@@ -46,6 +47,7 @@ class Splits:
     validation: ImageSet
     test: ImageSet
     num_classes: int
+    class_names: tuple[str, ...] | None = None  # label k's name, for reports (None: the labels' numbers)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -55,19 +57,25 @@ class Splits:
 class Normalizer(torch.nn.Module):
     """uint8 or [0, 1] float images -> per-channel standardised floats, on the images' device.
 
-    The mean and standard deviation come from the training split and are saved with the model.
+    The mean and standard deviation come from the training split and are saved with the model. With
+    ``flatten`` the standardised images (B, C, H, W) leave as vectors (B, C*H*W), for backbones that take
+    flat inputs (the MLP); the test-time shifts still apply to the images before.
     """
 
-    def __init__(self, mean: Tensor, std: Tensor) -> None:
+    def __init__(self, mean: Tensor, std: Tensor, flatten: bool = False) -> None:
         super().__init__()
         self.register_buffer("mean", mean.float().view(1, -1, 1, 1))
         self.register_buffer("std", std.float().view(1, -1, 1, 1))
+        self.flatten = bool(flatten)
 
     @classmethod
-    def fit(cls, images: Tensor) -> Normalizer:
+    def fit(cls, images: Tensor, flatten: bool = False) -> Normalizer:
         """Statistics of uint8 images (N, C, H, W) on the [0, 1] scale."""
         x = images.double() / 255.0
-        return cls(x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-6))
+        return cls(x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-6), flatten)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.mean.shape[1]}, flatten={self.flatten}"
 
     @staticmethod
     def to_unit(images: Tensor) -> Tensor:
@@ -75,7 +83,8 @@ class Normalizer(torch.nn.Module):
         return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
     def forward(self, images: Tensor) -> Tensor:
-        return (self.to_unit(images) - self.mean) / self.std
+        x = (self.to_unit(images) - self.mean) / self.std
+        return x.flatten(1) if self.flatten else x
 
 
 def stratified_split(labels: Tensor, fraction: float, generator: torch.Generator,
@@ -111,12 +120,15 @@ def _check_fraction(name: str, value: float) -> None:
 
 
 def split_train(name: str, train: ImageSet, test: ImageSet, num_classes: int, validation_fraction: float,
-                seed: int, train_size: int | None = None) -> Splits:
+                seed: int, train_size: int | None = None, class_names: tuple[str, ...] | None = None) -> Splits:
     """Hold out ``validation_fraction`` of ``train`` (stratified, drawn from ``seed``); optionally keep only
     ``train_size`` training images (stratified) to study the overfitting regime."""
     _check_fraction("validation_fraction", validation_fraction)
     generator = torch.Generator().manual_seed(seed)
     train_index, validation_index = stratified_split(train.labels, validation_fraction, generator)
+    if len(validation_index) == 0:
+        raise ValueError(f"{name}: validation_fraction {validation_fraction} of {len(train)} training images holds "
+                         "out no image of any class; raise it (or give the dataset more images)")
     train_part = train.subset(train_index)
     if train_size is not None:
         if not 0 < train_size <= len(train_part):
@@ -124,7 +136,7 @@ def split_train(name: str, train: ImageSet, test: ImageSet, num_classes: int, va
         if train_size < len(train_part):
             _, keep = stratified_split(train_part.labels, train_size / len(train_part), generator, total=train_size)
             train_part = train_part.subset(keep)
-    return Splits(name, train_part, train.subset(validation_index), test, num_classes)
+    return Splits(name, train_part, train.subset(validation_index), test, num_classes, class_names)
 
 
 def load_embedded(seed: int, validation_fraction: float = 0.1, test_fraction: float = 0.2,
@@ -154,9 +166,10 @@ CIFAR_LAYOUT = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
     "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100),
 }
-CIFAR_HELP = ("Download the python version of CIFAR from https://www.cs.toronto.edu/~kriz/cifar.html "
-              "(cifar-10-python.tar.gz or cifar-100-python.tar.gz), unpack it under the data root, and pass "
-              "data.root=DIR (or set MIMMO_DATA).")
+CIFAR_META = {"cifar10": ("batches.meta", b"label_names"), "cifar100": ("meta", b"fine_label_names")}
+CIFAR_HELP = ("Pass data.download=true to download it, or download the python version of CIFAR from "
+              "https://www.cs.toronto.edu/~kriz/cifar.html (cifar-10-python.tar.gz or cifar-100-python.tar.gz), "
+              "unpack it under the data root, and pass data.root=DIR (or set MIMMO_DATA).")
 
 
 def _read_cifar_files(folder: Path, files: list[str], label_key: bytes) -> ImageSet:
@@ -189,21 +202,18 @@ def load_cifar(name: str, root: str | Path, seed: int, validation_fraction: floa
         raise FileNotFoundError(f"{name}: expected the folder {folder}, which does not exist. {CIFAR_HELP}")
     train = _read_cifar_files(folder, train_files, label_key)
     test = _read_cifar_files(folder, test_files, label_key)
-    return split_train(name, train, test, num_classes, validation_fraction, seed, train_size)
+    return split_train(name, train, test, num_classes, validation_fraction, seed, train_size,
+                       _cifar_class_names(name, folder, num_classes))
 
 
-DATASETS = ("embedded", "cifar10", "cifar100")
-# Shapes known without reading the data (so that `mimmo cost` works on a machine without CIFAR).
-DATASET_SHAPES = {"embedded": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
-
-
-def load_dataset(name: str, seed: int, root: str | Path | None = None, validation_fraction: float = 0.1,
-                 test_fraction: float = 0.2, train_size: int | None = None) -> Splits:
-    """Load dataset ``name`` (one of DATASETS) with its splits drawn from ``seed``."""
-    if name == "embedded":
-        return load_embedded(seed, validation_fraction, test_fraction, train_size)
-    if name in CIFAR_LAYOUT:
-        if root is None:
-            raise ValueError(f"{name} needs data.root: the folder that holds {CIFAR_LAYOUT[name][0]}/. {CIFAR_HELP}")
-        return load_cifar(name, root, seed, validation_fraction, train_size)
-    raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}")
+def _cifar_class_names(name: str, folder: Path, num_classes: int) -> tuple[str, ...] | None:
+    """The label names from the CIFAR meta file, or None if the folder has none (the data stays usable)."""
+    meta_file, key = CIFAR_META[name]
+    path = folder / meta_file
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        names = pickle.load(f, encoding="bytes").get(key)
+    if not isinstance(names, list) or len(names) != num_classes:
+        raise ValueError(f"{path} does not list {num_classes} class names under {key!r}")
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)

@@ -7,14 +7,9 @@ samples; Base, DUN and EE do not depend on M).
 from __future__ import annotations
 
 from mimmo.evaluation.cost import count_cost
-from mimmo.methods.registry import METHODS, build_method, method_options
+from mimmo.methods.registry import METHODS, build_method, display_name, method_options
 from mimmo.models.backbone import BackboneFactory
 from mimmo.models.resnet import ResNetFactory
-
-DISPLAY_NAMES = {
-    "base": "Base", "ensemble": "Ensemble", "mc_dropout": "MC Dropout", "dun": "DUN", "early_exit": "EE",
-    "mimo": "MIMO", "datamux": "DataMUX", "mixmo": "MixMo", "mimmo_gamma": "MIMMO-γ", "mimmo": "MIMMO",
-}
 
 
 def cost_table(num_members: int, input_shape: tuple[int, ...] = (3, 32, 32), num_classes: int = 100,
@@ -37,6 +32,5 @@ def format_cost_table(rows: list[dict], num_members: int) -> str:
     lines = [f"Cost of one test-time prediction, M = {num_members}", "",
              "| method | FLOPs [M] | params [M] |", "|---|---:|---:|"]
     for row in rows:
-        name = DISPLAY_NAMES.get(row["method"], row["method"])
-        lines.append(f"| {name} | {row['flops'] / 1e6:.2f} | {row['params'] / 1e6:.2f} |")
+        lines.append(f"| {display_name(row['method'])} | {row['flops'] / 1e6:.2f} | {row['params'] / 1e6:.2f} |")
     return "\n".join(lines) + "\n"

@@ -56,7 +56,7 @@ def predict(method: nn.Module, images_u8: Tensor, normalizer: Normalizer, batch_
         raise ValueError("cannot predict an empty image set")
     device = torch.device(device) if device is not None else method_device(method)
     method.to(device)
-    normalize = Normalizer(normalizer.mean.flatten(), normalizer.std.flatten()).to(device)
+    normalize = Normalizer(normalizer.mean.flatten(), normalizer.std.flatten(), normalizer.flatten).to(device)
     images = images_u8.to(device)
     was_training = method.training
     method.eval()

@@ -1,4 +1,7 @@
-"""Method names as used in configs (``method=<name>``) and how to build one from a config."""
+"""Method names as used in configs (``method=<name>``), their display names, and how to build one from a config.
+
+This is the one method catalogue: the training loop, ``mimmo cost --table`` and the reports take the methods,
+their order (the paper's rows) and their display names from here."""
 
 from __future__ import annotations
 
@@ -30,6 +33,28 @@ METHODS: dict[str, type[Method]] = {
     "mimmo_gamma": MIMMOGamma,
     "mimmo": MIMMO,
 }
+
+# How tables and figures name each method (a method without an entry is shown by its config name).
+DISPLAY_NAMES: dict[str, str] = {
+    "base": "Base", "ensemble": "Ensemble", "mc_dropout": "MC Dropout", "dun": "DUN", "early_exit": "EE",
+    "mimo": "MIMO", "datamux": "DataMUX", "mixmo": "MixMo", "mimmo_gamma": "MIMMO-γ", "mimmo": "MIMMO",
+}
+
+
+def register_method(name: str, method: type[Method], display_name: str | None = None) -> None:
+    """Make ``method=<name>`` build ``method`` (a config ``configs/method/<name>.yaml`` gives its options)."""
+    if not name or not isinstance(name, str):
+        raise ValueError(f"a method name must be a non-empty string, got {name!r}")
+    if not (isinstance(method, type) and issubclass(method, Method)):
+        raise TypeError(f"method {name!r} must be a subclass of mimmo.methods.Method, got {method!r}")
+    METHODS[name] = method
+    if display_name is not None:
+        DISPLAY_NAMES[name] = display_name
+
+
+def display_name(name: str) -> str:
+    """The name tables and figures show for method ``name``."""
+    return DISPLAY_NAMES.get(name, name)
 
 
 def method_options(name: str) -> list[str]:

@@ -313,9 +313,35 @@ class LinearExitAdapter(nn.Sequential):
 
 
 class BackboneFactory(Protocol):
-    """Builds a fresh, independently initialised backbone for the given input channels and outputs."""
+    """Builds a fresh, independently initialised backbone for the given input channels and outputs.
+
+    A factory may also define ``input_shape_for(data_shape) -> input_shape``: the shape of one input the
+    backbone takes for data of ``data_shape`` (C, H, W), raising ValueError (naming the shape and what is
+    allowed) for data it cannot take. The shipped factories do; see :func:`backbone_input_shape`.
+    """
 
     def __call__(self, in_channels: int, num_outputs: int) -> Backbone: ...
+
+
+def backbone_input_shape(factory: BackboneFactory, data_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of one input that ``factory``'s backbones take for data of ``data_shape``: the factory's own
+    ``input_shape_for`` (which checks that the data fits), or the data shape itself. A flat shape (F,) for
+    image data means the images are flattened (C-major) before the method sees them."""
+    convert = getattr(factory, "input_shape_for", None)
+    return tuple(data_shape) if convert is None else tuple(convert(tuple(data_shape)))
+
+
+def check_image_input(data_shape: tuple[int, ...], strides: tuple[int, ...], name: str) -> tuple[int, ...]:
+    """``data_shape`` if it is an image (C, H, W) whose sides survive ``strides``; else ValueError."""
+    if len(data_shape) != 3:
+        raise ValueError(f"the {name} backbone takes images (C, H, W), got input shape {data_shape}")
+    smallest = 1
+    for stride in strides:
+        smallest *= stride
+    if min(data_shape[1:]) < smallest:
+        raise ValueError(f"input size {data_shape[1:]} is too small for the {name} backbone (strides {strides}): "
+                         f"height and width must be >= {smallest}")
+    return data_shape
 
 
 def check_backbone(backbone: nn.Module) -> Backbone:

@@ -3,7 +3,8 @@
 It follows the same protocol as the ResNet (stem, stages, pool, head), so multi-input methods multiply
 the stem's input features, exits attach after every stage but the last, and the exit adapter is
 :class:`~mimmo.models.backbone.LinearExitAdapter` instead of the convolutional one. Image data must be
-flattened first (``in_features = C*H*W``).
+flattened first (``in_features = C*H*W``): :meth:`MLPFactory.input_shape_for` says so, and ``mimmo train``
+flattens the normalised images for it. A multi-input method then concatenates the M flattened images.
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ class MLPFactory:
 
     def __call__(self, in_channels: int, num_outputs: int) -> MLP:
         return MLP(in_channels, num_outputs, self.hidden, self.stem_features, self.blocks_per_stage)
+
+    def input_shape_for(self, data_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Flat vectors: images (C, H, W) are flattened to (C*H*W,) (the normaliser does it, after the shifts)."""
+        features = 1
+        for side in data_shape:
+            features *= side
+        return (features,)
 
     def __repr__(self) -> str:
         return (f"MLPFactory(hidden={self.hidden}, stem_features={self.stem_features}, "

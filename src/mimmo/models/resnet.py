@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from mimmo.models.backbone import Add, Backbone
+from mimmo.models.backbone import Add, Backbone, check_image_input
 
 BOTTLENECK_EXPANSION = 4  # output width = 4p
 BOTTLENECK_INNER = 2  # inner width = 2p ("base width 32, multiplier 2")
@@ -60,13 +60,6 @@ class ResNetConfig:
             raise ValueError(f"width ({self.width}), planes ({self.planes}) and stem_channels "
                              f"({self.stem_channels}) must be positive")
 
-    def min_input_size(self) -> int:
-        """Smallest input side that keeps every stage at least 1 pixel wide."""
-        size = 1
-        for stride in self.strides:
-            size *= stride
-        return size
-
 
 class ResNet(Backbone):
     """Bottleneck ResNet exposing its stage outputs (exits attach after stages 1..D-1)."""
@@ -102,6 +95,10 @@ class ResNetFactory:
 
     def __call__(self, in_channels: int, num_outputs: int) -> ResNet:
         return ResNet(in_channels, num_outputs, self.config)
+
+    def input_shape_for(self, data_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Images (C, H, W) whose sides survive the strides (16 pixels for the paper's)."""
+        return check_image_input(data_shape, self.config.strides, "ResNet")
 
     def __repr__(self) -> str:
         return f"ResNetFactory({self.config})"

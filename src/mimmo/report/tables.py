@@ -18,13 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mimmo.methods.registry import DISPLAY_NAMES, METHODS
 from mimmo.report.runs import Run, RunGroup
 
-METHOD_ORDER = ("base", "ensemble", "mc_dropout", "dun", "early_exit", "mimo", "datamux", "mixmo",
-                "mimmo_gamma", "mimmo")
-DISPLAY_NAMES = {"base": "Base", "ensemble": "Ensemble", "mc_dropout": "MC Dropout", "dun": "DUN",
-                 "early_exit": "EE", "mimo": "MIMO", "datamux": "DataMUX", "mixmo": "MixMo",
-                 "mimmo_gamma": "MIMMO γ", "mimmo": "MIMMO"}
+METHOD_ORDER = tuple(METHODS)  # the paper's row order, from the method catalogue
 # Methods whose M is not the ensemble size the tables are indexed by: shown in every M's table.
 MEMBER_INDEPENDENT = frozenset({"base", "mc_dropout", "dun", "early_exit"})
 SETTING_NAMES = {"method.alpha": "α", "model.layers": "layers", "model.planes": "planes",

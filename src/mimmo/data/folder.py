@@ -1,0 +1,110 @@
+"""A dataset from a folder of images: ``root/train/<class>/*.png|jpg``, ``root/test/<class>/...`` and an
+optional ``root/val/<class>/...``.
+
+Classes are the sub-folders of ``train/`` (sorted by name; label k is the k-th); every image is read with
+Pillow, converted to grey (1 channel) or RGB (3), resized to ``size`` (bilinear) and kept in memory as uint8
+(N, C, H, W), like every other dataset. Without ``val/``, ``validation_fraction`` of ``train/`` is held out
+(stratified, drawn from the seed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mimmo.data.datasets import ImageSet, Splits, split_train, stratified_split
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+PIL_MODES = {1: "L", 3: "RGB"}
+LAYOUT_HELP = ("data=folder reads data.root/train/<class>/*.png|jpg and data.root/test/<class>/... "
+               "(and data.root/val/<class>/... if present)")
+
+
+def image_size(size: int | Sequence[int]) -> tuple[int, int]:
+    """``size`` as (height, width): one integer for square images, or [height, width]."""
+    sides = (size, size) if isinstance(size, int) and not isinstance(size, bool) else tuple(size)
+    if len(sides) != 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in sides):
+        raise ValueError(f"data.size must be a positive integer or [height, width], got {size!r}")
+    return sides  # type: ignore[return-value]
+
+
+def check_channels(channels: int) -> int:
+    if channels not in PIL_MODES:
+        raise ValueError(f"data.channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+    return channels
+
+
+def folder_classes(root: str | Path) -> tuple[str, ...]:
+    """The class names: the sub-folders of ``root/train``, sorted. FileNotFoundError naming the path if absent."""
+    if root is None:
+        raise FileNotFoundError(f"data=folder needs data.root=DIR: {LAYOUT_HELP}")
+    train = Path(root).expanduser() / "train"
+    if not train.is_dir():
+        raise FileNotFoundError(f"dataset folder: expected {train}, which does not exist; {LAYOUT_HELP}")
+    classes = tuple(sorted(p.name for p in train.iterdir() if p.is_dir()))
+    if not classes:
+        raise FileNotFoundError(f"dataset folder: {train} holds no class sub-folders; {LAYOUT_HELP}")
+    return classes
+
+
+def check_folder(root: str | Path) -> None:
+    """The layout is there: ``train/`` with classes and ``test/`` (images are read only when loading)."""
+    folder_classes(root)
+    test = Path(root).expanduser() / "test"
+    if not test.is_dir():
+        raise FileNotFoundError(f"dataset folder: expected {test}, which does not exist; {LAYOUT_HELP}")
+
+
+def read_images(folder: Path, classes: Sequence[str], size: tuple[int, int], channels: int) -> ImageSet:
+    """Every image under ``folder/<class>/`` as uint8 (N, C, H, W) with its class index."""
+    from PIL import Image, UnidentifiedImageError
+
+    label_of = {name: index for index, name in enumerate(classes)}
+    unknown = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in label_of)
+    if unknown:
+        raise ValueError(f"{folder} has class folders {unknown} that train/ does not have; classes: {list(classes)}")
+    images, labels = [], []
+    height, width = size
+    for name in classes:
+        class_folder = folder / name
+        if not class_folder.is_dir():
+            continue
+        for path in sorted(p for p in class_folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            try:
+                with Image.open(path) as image:
+                    image = image.convert(PIL_MODES[channels])
+                    if image.size != (width, height):
+                        image = image.resize((width, height), Image.Resampling.BILINEAR)
+                    array = np.asarray(image, dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as error:
+                raise ValueError(f"{path} is not a readable image ({error})") from error
+            images.append(array.reshape(height, width, channels).transpose(2, 0, 1))
+            labels.append(label_of[name])
+    if not images:
+        raise FileNotFoundError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} images in its class folders")
+    return ImageSet(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64))
+
+
+def load_folder(root: str | Path, seed: int, size: int | Sequence[int] = 32, channels: int = 3,
+                validation_fraction: float = 0.1, train_size: int | None = None) -> Splits:
+    """The folder dataset at ``root`` with images of ``size`` and ``channels``; splits drawn from ``seed``."""
+    sides, channels = image_size(size), check_channels(channels)
+    check_folder(root)
+    root = Path(root).expanduser()
+    classes = folder_classes(root)
+    train = read_images(root / "train", classes, sides, channels)
+    test = read_images(root / "test", classes, sides, channels)
+    if not (root / "val").is_dir():
+        return split_train("folder", train, test, len(classes), validation_fraction, seed, train_size, classes)
+    validation = read_images(root / "val", classes, sides, channels)
+    if train_size is not None:
+        if not 0 < train_size <= len(train):
+            raise ValueError(f"train_size must lie in [1, {len(train)}] (the training split), got {train_size}")
+        if train_size < len(train):
+            generator = torch.Generator().manual_seed(seed)
+            _, keep = stratified_split(train.labels, train_size / len(train), generator, total=train_size)
+            train = train.subset(keep)
+    return Splits("folder", train, validation, test, len(classes), classes)
