@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 
 from mimmo.config import CONFIG_DIR, compose
 
-
 _invoked_as = sys.argv[0]  # the script that started this process (mimmo's console script, or a -m module)
 
 

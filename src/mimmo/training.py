@@ -24,8 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from mimmo.data.datasets import ImageSet, Normalizer, Splits
-from mimmo.data.registry import DATASETS, check_data, dataset_shape, load_data
 from mimmo.data.loader import BatchLoader
+from mimmo.data.registry import DATASETS, check_data, dataset_shape, load_data
 from mimmo.evaluation.cost import count_cost
 from mimmo.evaluation.evaluate import evaluate_method, predict_log_probs
 from mimmo.evaluation.metrics import classification_metrics

@@ -1,0 +1,274 @@
+"""The dataset registry: a folder of images, CIFAR download (against a local server), data checked up front."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import json
+import pickle
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mimmo.cli import compose, main
+from mimmo.data import DATASETS, check_data, dataset_shape, load_data, load_folder
+from mimmo.data import download as download_module
+from mimmo.data.download import Archive, file_md5
+from mimmo.grid import run_grid
+from mimmo.report import report
+from mimmo.training import load_run
+
+DATA_CONFIGS = Path(__file__).parents[1] / "src" / "mimmo" / "configs" / "data"
+CLASSES = ("cat", "dog", "fox")
+
+
+def make_image_folder(root: Path, per_class: dict[str, int], size: tuple[int, int] = (12, 10),
+                      mode: str = "RGB") -> Path:
+    """root/<split>/<class>/<i>.png with a class-dependent colour, so that the labels can be checked."""
+    rng = np.random.default_rng(0)
+    for split, count in per_class.items():
+        for label, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 30, size=(size[1], size[0], 3), dtype=np.uint8) + 100 * label
+                suffix = ".jpg" if i == 0 and split == "train" else ".png"
+                Image.fromarray(pixels.astype(np.uint8)).convert(mode).save(folder / f"{i}{suffix}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("folder"), {"train": 10, "test": 3})
+
+
+def test_every_dataset_has_a_config_and_every_config_a_dataset():
+    assert {path.stem for path in DATA_CONFIGS.glob("*.yaml")} == set(DATASETS)
+    assert set(DATASETS) >= {"embedded", "cifar10", "cifar100", "folder"}
+
+
+def test_unknown_dataset_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"unknown dataset 'mnist'; choose one of \['cifar10', 'cifar100', "
+                                         r"'embedded', 'folder'\]"):
+        dataset_shape({"name": "mnist"})
+
+
+def test_a_folder_is_read_into_uint8_tensors_resized_with_its_class_names(image_folder):
+    splits = load_folder(image_folder, seed=0, size=8, channels=3, validation_fraction=0.1)
+    assert splits.class_names == CLASSES and splits.num_classes == 3 and splits.input_shape == (3, 8, 8)
+    assert splits.train.images.dtype == torch.uint8
+    assert len(splits.train) + len(splits.validation) == 30 and len(splits.validation) == 3
+    assert sorted(splits.test.labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    # Each class was drawn in its own intensity band: the label is the image's brightness band.
+    for part in (splits.train, splits.validation, splits.test):
+        bands = (part.images.float().mean(dim=(1, 2, 3)) // 100).long()
+        assert torch.equal(bands, part.labels)
+
+
+def test_a_folder_in_grey_with_rectangular_size(image_folder):
+    splits = load_folder(image_folder, seed=0, size=[6, 9], channels=1)
+    assert splits.input_shape == (1, 6, 9)
+
+
+def test_a_val_folder_is_the_validation_split(tmp_path):
+    root = make_image_folder(tmp_path, {"train": 4, "val": 2, "test": 1})
+    splits = load_folder(root, seed=0, size=8)
+    assert len(splits.train) == 12 and len(splits.validation) == 6 and len(splits.test) == 3
+
+
+def test_folder_shape_is_known_from_the_config(image_folder):
+    cfg = compose(["data=folder", f"data.root={image_folder}", "data.size=8", "data.channels=1"])
+    assert dataset_shape(cfg.data) == ((1, 8, 8), 3)
+
+
+@pytest.mark.parametrize(("layout", "match"), [
+    ("none", r"data=folder needs data.root=DIR"),
+    ("empty", r"expected .*/train, which does not exist"),
+    ("no_test", r"expected .*/test, which does not exist"),
+    ("extra_class", r"has class folders \['wolf'\] that train/ does not have"),
+    ("bad_image", r"is not a readable image"),
+])
+def test_a_bad_folder_is_refused_naming_the_path(tmp_path, layout, match):
+    root = tmp_path / "data"
+    if layout != "empty" and layout != "none":
+        make_image_folder(root, {"train": 2, "test": 1})
+    if layout == "no_test":
+        for path in sorted((root / "test").rglob("*"), reverse=True):
+            path.rmdir() if path.is_dir() else path.unlink()
+        (root / "test").rmdir()
+    if layout == "extra_class":
+        (root / "test" / "wolf").mkdir()
+    if layout == "bad_image":
+        (root / "train" / "cat" / "broken.png").write_bytes(b"not a png")
+    root.mkdir(exist_ok=True)
+    data = {"name": "folder", "root": None if layout == "none" else str(root), "size": 8, "channels": 3,
+            "validation_fraction": 0.5}
+    with pytest.raises((FileNotFoundError, ValueError), match=match):
+        load_data(data, seed=0)
+
+
+@pytest.mark.parametrize(("option", "match"), [("size=0", r"data.size must be a positive integer"),
+                                               ("channels=2", r"data.channels must be 1 \(grey\) or 3 \(RGB\)")])
+def test_bad_folder_options_are_refused(image_folder, option, match):
+    key, value = option.split("=")
+    with pytest.raises(ValueError, match=match):
+        load_data({"name": "folder", "root": str(image_folder), key: int(value)}, seed=0)
+
+
+def test_mimmo_trains_a_wrn_from_a_folder_of_pngs_and_reports_it(image_folder, tmp_path):
+    """The issue's done-when: `mimmo train model=wrn model.depth=16 model.widen=2 method=mimmo data=folder
+    data.root=DIR ...` trains from the folder; the 25 shifted sets and the report work on it."""
+    main(["train", "model=wrn", "model.depth=16", "model.widen=2", "method=mimmo", "data=folder",
+          f"data.root={image_folder}", "data.size=8", "train.epochs=1", "train.warm_start_epochs=0",
+          "train.batch_size=8", "train.eval_batch_size=64", "train.progress_bar=false", f"output_dir={tmp_path}"])
+    [metrics_path] = tmp_path.glob("*/metrics.json")
+    run_dir = metrics_path.parent
+    method, normalizer, cfg = load_run(run_dir)
+    assert method.num_exits == 3 and method.num_members == 2 and cfg.model.name == "wrn"
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["class_names"] == list(CLASSES) and metrics["data_shape"] == [3, 8, 8]
+    assert len(metrics["shifted"]["sets"]) == 25
+    summary = report([run_dir], tmp_path / "report", figures=False)  # (figures: tests/test_report.py)
+    assert "folder" in summary
+
+
+def test_an_mlp_run_flattens_images_and_loads_back(image_folder, tmp_path):
+    overrides = ["model=mlp", "model.hidden=[8,8]", "model.stem_features=8", "method=mimo", "data=folder",
+                 f"data.root={image_folder}", "data.size=8", "train.epochs=1", "train.batch_size=8",
+                 "train.progress_bar=false", "evaluation.shifted=false", f"output_dir={tmp_path}"]
+    main(["train", *overrides])
+    [run_dir] = [p.parent for p in tmp_path.glob("*/metrics.json")]
+    method, normalizer, _ = load_run(run_dir)
+    assert normalizer.flatten
+    images = load_folder(image_folder, 0, size=8).test.images
+    probs = method(normalizer(images)).probs()
+    assert probs.shape == (9, 3)
+    torch.testing.assert_close(probs.sum(1), torch.ones(9))
+
+
+# ------------------------------------------------------------------------------------------ CIFAR download
+
+
+def cifar10_archive(path: Path, per_batch: int = 20) -> Path:
+    """A small archive in the official layout: cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}."""
+    rng = np.random.default_rng(0)
+
+    def batch(count: int) -> bytes:
+        return pickle.dumps({b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+                             b"labels": [i % 10 for i in range(count)]})
+
+    files = {f"data_batch_{i}": batch(per_batch) for i in range(1, 6)}
+    files["test_batch"] = batch(per_batch)
+    files["batches.meta"] = pickle.dumps({b"label_names": [f"class{i}".encode() for i in range(10)]})
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return path
+
+
+class CountingHandler(http.server.SimpleHTTPRequestHandler):
+    requests: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        CountingHandler.requests.append(self.path)
+        super().do_GET()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    """An HTTP server on 127.0.0.1 serving tmp_path/www, in a thread; yields its base URL."""
+    www = tmp_path / "www"
+    www.mkdir()
+    CountingHandler.requests = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(CountingHandler, directory=str(www)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", www
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def point_cifar10_at(monkeypatch, url: str, md5: str) -> None:
+    monkeypatch.setitem(download_module.CIFAR_ARCHIVES, "cifar10", Archive(url, md5, "cifar-10-batches-py"))
+
+
+def test_download_fetches_checks_and_unpacks_then_finds_it_the_second_time(server, tmp_path, monkeypatch, capsys):
+    base, www = server
+    archive = cifar10_archive(www / "cifar-10-python.tar.gz")
+    point_cifar10_at(monkeypatch, f"{base}/cifar-10-python.tar.gz", file_md5(archive))
+    root = tmp_path / "root"
+    data = {"name": "cifar10", "root": str(root), "download": True, "validation_fraction": 0.1}
+    check_data(data)  # nothing there yet, but it will be downloaded
+    splits = load_data(data, seed=0)
+    assert len(splits.train) + len(splits.validation) == 100 and len(splits.test) == 20
+    assert splits.class_names == tuple(f"class{i}" for i in range(10))
+    assert sorted(p.name for p in root.iterdir()) == ["cifar-10-batches-py"]  # no temporary left behind
+    assert "100.0%" in capsys.readouterr().err
+    assert CountingHandler.requests == ["/cifar-10-python.tar.gz"]
+    again = load_data(data, seed=0)
+    assert CountingHandler.requests == ["/cifar-10-python.tar.gz"]  # found, not downloaded again
+    assert torch.equal(again.train.images, splits.train.images)
+
+
+def test_a_download_with_the_wrong_md5_is_refused_and_leaves_nothing(server, tmp_path, monkeypatch):
+    base, www = server
+    cifar10_archive(www / "cifar-10-python.tar.gz")
+    point_cifar10_at(monkeypatch, f"{base}/cifar-10-python.tar.gz", "0" * 32)
+    root = tmp_path / "root"
+    with pytest.raises(ValueError, match=r"has MD5 [0-9a-f]{32}, expected 0{32}"):
+        load_data({"name": "cifar10", "root": str(root), "download": True}, seed=0)
+    assert list(root.iterdir()) == []
+
+
+def test_offline_download_says_so(tmp_path, monkeypatch):
+    point_cifar10_at(monkeypatch, "http://127.0.0.1:9/cifar-10-python.tar.gz", "0" * 32)  # discard port: refused
+    with pytest.raises(ConnectionError, match=r"could not download http://127.0.0.1:9/.*offline"):
+        load_data({"name": "cifar10", "root": str(tmp_path), "download": True}, seed=0)
+
+
+# ------------------------------------------------------------------------------------ data checked up front
+
+
+def test_train_refuses_missing_cifar_before_any_folder_is_made(tmp_path, capsys):
+    with pytest.raises(SystemExit, match=r"mimmo train: dataset cifar100: expected the folder "
+                                         r"/nonexistent/cifar-100-python, which does not exist"):
+        main(["train", "data=cifar100", "data.root=/nonexistent", f"output_dir={tmp_path / 'runs'}"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_multirun_checks_every_dataset_before_any_folder_is_made(tmp_path, image_folder):
+    with pytest.raises(SystemExit, match=r"dataset cifar10: expected the folder /nonexistent/cifar-10-batches-py"):
+        main(["train", "--multirun", "data=embedded,cifar10", "data.root=/nonexistent",
+              f"output_dir={tmp_path / 'runs'}"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_data_with_download_on_passes_the_check(tmp_path):
+    cfg = compose(["data=cifar10", f"data.root={tmp_path}", "data.download=true"])
+    check_data(cfg.data)
+    cfg = compose(["data=cifar10", f"data.root={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match=r"data.download=true"):
+        check_data(cfg.data)
+
+
+def test_a_grid_dry_run_refuses_missing_data(tmp_path, capsys):
+    grid = tmp_path / "g.yaml"
+    grid.write_text('description: t\nsweeps:\n  - [method=base, data=cifar100, "seed=0,1"]\n')
+    with pytest.raises(FileNotFoundError, match=r"run 'method=base data=cifar100 seed=0 .*' \(sweep 1\): dataset "
+                                                r"cifar100: expected the folder /nonexistent/cifar-100-python"):
+        run_grid(str(grid), ["data.root=/nonexistent", f"output_dir={tmp_path / 'runs'}"], dry_run=True)
+    with pytest.raises(SystemExit):
+        main(["grid", str(grid), "--dry-run", "data.root=/nonexistent"])
+    assert "cifar-100-python" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
