@@ -154,3 +154,18 @@ def test_an_added_method_trains_and_joins_the_cost_table(registered, tmp_path):
 def test_a_method_registry_entry_must_be_a_method():
     with pytest.raises(TypeError, match=r"must be a subclass of mimmo.methods.Method"):
         register_method("bad", nn.Linear)
+
+
+def test_the_readme_and_docs_link_only_into_the_repository():
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).parents[1]
+    for document in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]:
+        text = document.read_text(encoding="utf-8")
+        assert "../shared" not in text and "SPEC.md" not in text and "DESIGN.md" not in text, document
+        for target in re.findall(r"\]\(([^)#\s]+)", text):
+            if target.startswith(("http://", "https://")):
+                continue
+            path = (document.parent / target).resolve()
+            assert path.is_relative_to(repo.resolve()) and path.exists(), f"{document.name}: {target}"

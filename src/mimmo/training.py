@@ -41,9 +41,9 @@ log = logging.getLogger("mimmo")
 FORMAT_VERSION = 1
 # Settings that change where or how fast a run goes, not what it computes: ignored when a run is resumed. (The
 # memory layout and torch.compile keep the math; floating-point sums may round differently in the last digits.)
-NON_SEMANTIC_KEYS = ("output_dir", "data.root", "train.progress_bar", "train.log_every_n_steps", "train.accelerator",
-                     "train.devices", "train.num_nodes", "train.strategy", "train.threads", "train.channels_last",
-                     "train.compile", "train.cuda_graphs")
+NON_SEMANTIC_KEYS = ("output_dir", "data.root", "data.download", "train.progress_bar", "train.log_every_n_steps",
+                     "train.accelerator", "train.devices", "train.num_nodes", "train.strategy", "train.threads",
+                     "train.channels_last", "train.compile", "train.cuda_graphs")
 
 
 def model_input_shape(cfg: DictConfig, data_shape: tuple[int, ...]) -> tuple[int, ...]:
