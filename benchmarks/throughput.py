@@ -158,7 +158,7 @@ def fabricated_splits(num_train: int, seed: int = 0):
 
 
 def method_config(name: str, args: argparse.Namespace, num_members: int | None = None):
-    from mimmo.cli import compose
+    from mimmo.config import compose
 
     overrides = [f"method={name}", "data=cifar100", f"train.batch_size={args.batch_size}",
                  "train.warm_start_epochs=0",  # time the steady state: MIMMO/DUN learn theta (95 of 100 epochs)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from mimmo.cli import compose, main
+from mimmo.cli import main
+from mimmo.config import compose
 from mimmo.evaluation.cost import count_cost
 from mimmo.methods.registry import DISPLAY_NAMES, METHODS, build_method, method_options
 from mimmo.models import (

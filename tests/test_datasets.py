@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mimmo.cli import compose, main
+from mimmo.cli import main
+from mimmo.config import compose
 from mimmo.data import DATASETS, check_data, dataset_shape, load_data, load_folder
 from mimmo.data import download as download_module
 from mimmo.data.download import Archive, file_md5

@@ -15,8 +15,8 @@ import yaml
 from safetensors.torch import load_file
 
 from mimmo import grid as grids
-from mimmo.cli import compose
 from mimmo.cli import main as cli_main
+from mimmo.config import compose
 from mimmo.training import MethodModule, load_splits, train, trainer_strategy
 
 TINY = ["model.planes=[4,4,4,4]", "model.layers=[1,1,1,1]", "model.stem_channels=4", "data.train_size=128",

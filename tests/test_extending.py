@@ -169,3 +169,17 @@ def test_the_readme_and_docs_link_only_into_the_repository():
                 continue
             path = (document.parent / target).resolve()
             assert path.is_relative_to(repo.resolve()) and path.exists(), f"{document.name}: {target}"
+
+
+def test_config_cli_and_grid_import_without_torch_and_without_a_cycle():
+    """The config module is torch-free; cli, grid and demo take their config from it, not from each other."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mimmo.config, mimmo.grid, mimmo.cli; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from pathlib import Path
+
+    source = Path(__file__).parents[1] / "src" / "mimmo"
+    assert "from mimmo.cli" not in (source / "grid.py").read_text() + (source / "demo.py").read_text()

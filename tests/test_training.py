@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from mimmo import training
-from mimmo.cli import compose, main
+from mimmo.cli import main
+from mimmo.config import compose
 from mimmo.data.datasets import ImageSet, load_embedded
 from mimmo.data.loader import BatchLoader
 from mimmo.evaluation.metrics import classification_metrics

@@ -52,10 +52,14 @@ def model_input_shape(cfg: DictConfig, data_shape: tuple[int, ...]) -> tuple[int
     return backbone_input_shape(build_backbone_factory(cfg.model), data_shape)
 
 
+def flattens_images(cfg: DictConfig, data_shape: tuple[int, ...]) -> bool:
+    """Whether the configured backbone takes the images as flat vectors (the normaliser then flattens them)."""
+    return len(model_input_shape(cfg, data_shape)) < len(data_shape)
+
+
 def build_normalizer(cfg: DictConfig, images: torch.Tensor) -> Normalizer:
     """The training split's normaliser, flattening the images when the backbone takes flat inputs."""
-    data_shape = tuple(images.shape[1:])
-    return Normalizer.fit(images, flatten=len(model_input_shape(cfg, data_shape)) < len(data_shape))
+    return Normalizer.fit(images, flatten=flattens_images(cfg, tuple(images.shape[1:])))
 
 
 def method_options(cfg: DictConfig) -> dict[str, Any]:
@@ -353,8 +357,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[M
         input_shape, num_classes = input_spec(cfg)
     method = build_method_from_config(cfg, input_shape, num_classes)
     tensors = load_file(str(run_dir / "weights.safetensors"))
-    flatten = len(model_input_shape(cfg, input_shape)) < len(input_shape)
-    normalizer = Normalizer(torch.zeros(input_shape[0]), torch.ones(input_shape[0]), flatten)
+    normalizer = Normalizer(torch.zeros(input_shape[0]), torch.ones(input_shape[0]), flattens_images(cfg, input_shape))
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
