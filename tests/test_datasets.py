@@ -273,3 +273,13 @@ def test_a_grid_dry_run_refuses_missing_data(tmp_path, capsys):
         main(["grid", str(grid), "--dry-run", "data.root=/nonexistent"])
     assert "cifar-100-python" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_25_shifts_apply_to_grey_and_rgb_images_of_any_size(channels):
+    from mimmo.data.shifts import apply_shift, shifted_sets
+
+    images = torch.rand(4, channels, 6, 9)
+    for kind, level in shifted_sets():
+        shifted = apply_shift(images, kind, level, torch.arange(4), seed=0)
+        assert shifted.shape == images.shape and torch.isfinite(shifted).all(), (kind, level)
