@@ -13,7 +13,8 @@ process, through the same Hydra entry point as ``mimmo train``, so Hydra's launc
 (``hydra/launcher=joblib``, ``hydra/launcher=submitit_slurm``). An override whose key a sweep already sets
 replaces it there (``mimmo grid paper_tables seed=0`` runs seed 0 only). Run folders are named from the
 overrides, so a grid started again skips its finished runs and resumes its cut-off ones; before anything runs,
-every run of the grid is composed and its folder checked: two runs that would share a folder are refused.
+every run of the grid is composed, its folder checked (two runs that would share a folder are refused) and its
+data checked (there, or to be downloaded).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ resume from their last checkpoint.
 
   --list      the grids and their number of runs
   --dry-run   print the sweeps and their runs (finished / to resume / new) without training; every run's
-              config is composed and validated (its method is built once per distinct shape)
+              config is composed and validated (its method is built once per distinct shape) and its data
+              checked (there, or to be downloaded)
   overrides   Hydra overrides added to every sweep; one whose key a sweep sets replaces it there, e.g.
               seed=0, output_dir=/scratch/runs, hydra/launcher=joblib hydra.launcher.n_jobs=2 train.threads=1
 """
