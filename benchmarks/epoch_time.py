@@ -63,7 +63,7 @@ def synchronize(device: torch.device) -> None:
 
 def timed_run(method: str, data_root: Path, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """Train one run in this process with hooks that time each epoch's training and validation parts."""
-    from mimmo.cli import compose
+    from mimmo.config import compose
     from mimmo.training import MethodModule, train
 
     times: dict[str, list[float]] = {"train": [], "validation": []}
