@@ -1,4 +1,4 @@
-"""The ``mimmo`` command: train, grid, evaluate, cost, report, demo.
+"""The ``mimmo`` command: train, grid, evaluate, calibrate, cost, report, demo.
 
 ``mimmo train`` and ``mimmo cost`` take Hydra overrides (``method=mimo method.num_members=4 seed=1``);
 ``mimmo train --multirun`` sweeps a grid with Hydra's launchers.
@@ -93,12 +93,38 @@ def cost_table_command(overrides: list[str]) -> None:
         print(format_cost_table(cost_table(num_members, input_shape, num_classes, factory), num_members))
 
 
+def run_cost_command(arguments: list[str]) -> None:
+    """``mimmo cost --run RUN_DIR [--prune-exits EPS]``: the cost of a trained run, full and with exits pruned."""
+    parser = argparse.ArgumentParser(prog="mimmo cost --run", description=run_cost_command.__doc__)
+    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a finished run folder")
+    parser.add_argument("--prune-exits", type=float, default=None, metavar="EPS",
+                        help="also the network with every exit whose weight is < EPS dropped")
+    args = parser.parse_args(arguments)
+    from mimmo.posthoc import run_cost
+
+    cost = run_cost(args.run, args.prune_exits)
+    print(f"{args.run}: {cost['method']} (M={cost['num_members']}, D={cost['num_exits']}) on {cost['input_shape']}: "
+          f"{cost['flops'] / 1e6:.2f} M FLOPs, {cost['params'] / 1e6:.4f} M params ({cost['flops']:,} FLOPs, "
+          f"{cost['params']:,} params)")
+    if "pruned" in cost:
+        pruned = cost["pruned"]
+        kept = ", ".join(str(i + 1) for i, used in enumerate(pruned["exits_used"]) if used)
+        print(f"exits pruned at EPS={args.prune_exits:g}: exits {kept} of {cost['num_exits']} run (stages 1-"
+              f"{pruned['deepest_stage']}): {pruned['cost']['flops'] / 1e6:.2f} M FLOPs "
+              f"({pruned['cost']['flops'] / cost['flops']:.1%}), {pruned['cost']['params'] / 1e6:.4f} M params "
+              f"({pruned['cost']['flops']:,} FLOPs, {pruned['cost']['params']:,} params); weights per exit and member "
+              f"{[[round(w, 4) for w in row] for row in pruned['weights']]}")
+
+
 def cost_command(overrides: list[str]) -> None:
     from mimmo.evaluation.cost import count_cost
     from mimmo.training import build_method_from_config, input_spec, model_input_shape
 
     if "--table" in overrides:
         cost_table_command(overrides)
+        return
+    if any(o == "--run" or o.startswith("--run=") for o in overrides):
+        run_cost_command(overrides)
         return
     cfg = compose(overrides)
     input_shape, num_classes = input_spec(cfg)
@@ -107,6 +133,33 @@ def cost_command(overrides: list[str]) -> None:
     print(f"{cfg.method.name} (M={method.num_members}, D={method.num_exits}) on {cfg.data.name} {input_shape}: "
           f"{cost.flops / 1e6:.2f} M FLOPs, {cost.params / 1e6:.2f} M params "
           f"({cost.flops:,} FLOPs, {cost.params:,} params; one test-time prediction, paper convention)")
+
+
+def _thresholds(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",")]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"thresholds are comma-separated numbers in [0, 1], got {text!r}") from error
+
+
+def posthoc_evaluate(args: argparse.Namespace) -> None:
+    """``mimmo evaluate RUN_DIR --anytime / --prune-exits EPS``: add those sections, leave the rest."""
+    from mimmo.posthoc import add_anytime, add_pruned
+
+    if args.prune_exits is not None:
+        pruned = add_pruned(args.run_dir, args.prune_exits, device=args.device)
+        print(f"{args.run_dir}: exits pruned at EPS={args.prune_exits:g}: {pruned['cost']['flops'] / 1e6:.2f} M FLOPs, "
+              f"test accuracy {pruned['test']['accuracy']:.4f}, NLL {pruned['test']['nll']:.4f} (metrics.json updated)")
+    if args.anytime:
+        from mimmo.evaluation.anytime import DEFAULT_THRESHOLDS
+
+        table = add_anytime(args.run_dir, args.thresholds or DEFAULT_THRESHOLDS, device=args.device)
+        full = table["full"]
+        print(f"{args.run_dir}: anytime (full: {full['flops'] / 1e6:.3f} M FLOPs, accuracy {full['accuracy']:.4f})")
+        for row in table["thresholds"]:
+            print(f"  threshold {row['threshold']:<6g} {row['flops'] / 1e6:8.3f} M FLOPs  accuracy "
+                  f"{row['accuracy']:.4f}  NLL {row['nll']:.4f}  ECE {row['ece']:.4f}  "
+                  f"{row['seconds_per_image'] * 1e3:.3f} ms/image")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,9 +171,20 @@ def main(argv: list[str] | None = None) -> None:
                         add_help=False)
     commands.add_parser("cost", help="FLOPs and params of one test-time prediction; Hydra overrides follow",
                         add_help=False)
-    evaluate = commands.add_parser("evaluate", help="evaluate a finished run folder again")
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a finished run folder again (or, with --anytime / --prune-exits, add only those)")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--anytime", action="store_true",
+                          help="only sweep the anytime thresholds (exit methods) into metrics.json's 'anytime' table")
+    evaluate.add_argument("--thresholds", type=_thresholds, default=None,
+                          help="comma-separated anytime thresholds in [0, 1] (default: 0,0.5,...,0.999,1)")
+    evaluate.add_argument("--prune-exits", type=float, default=None, metavar="EPS",
+                          help="only evaluate the network with exits whose weight is < EPS dropped ('pruned')")
+    calibrate = commands.add_parser("calibrate", help="fit a temperature on the validation split of finished runs "
+                                    "and add the calibrated metrics to their metrics.json")
+    calibrate.add_argument("run_dirs", nargs="+")
+    calibrate.add_argument("--device", default="cpu")
     report = commands.add_parser("report", help="tables and figures from saved run folders (never retrains)")
     report.add_argument("paths", nargs="+", help="run folders, or folders that contain run folders")
     report.add_argument("--out", default="reports", help="where the tables and figures go")
@@ -143,7 +207,9 @@ def main(argv: list[str] | None = None) -> None:
             cost_command(rest)
         return
     args = parser.parse_args(argv)
-    if args.command == "evaluate":
+    if args.command == "evaluate" and (args.anytime or args.prune_exits is not None):
+        posthoc_evaluate(args)
+    elif args.command == "evaluate":
         from mimmo.training import evaluate_run
 
         results = evaluate_run(args.run_dir, device=args.device)
@@ -155,6 +221,15 @@ def main(argv: list[str] | None = None) -> None:
         from mimmo.report import report as make_report
 
         print(make_report(args.paths, args.out, figures=not args.no_figures))
+    elif args.command == "calibrate":
+        from mimmo.posthoc import calibrate_run
+
+        for run_dir in args.run_dirs:
+            section = calibrate_run(run_dir, device=args.device)
+            fit, test = section["validation"], section["test"]
+            print(f"{run_dir}: T = {section['temperature']:.4f}; validation NLL {fit['nll_before']:.4f} -> "
+                  f"{fit['nll_after']:.4f}; calibrated test accuracy {test['accuracy']:.4f}, NLL {test['nll']:.4f}, "
+                  f"ECE {test['ece']:.4f} (calibration.json written, metrics.json updated)")
     elif args.command == "demo":
         from mimmo.demo import run_demo
 

@@ -2,7 +2,8 @@
 
 A run folder holds: ``config.yaml`` (the resolved config), ``checkpoints/last.ckpt`` (every epoch; a run
 that is started again resumes from it), ``log/metrics.csv``, ``weights.safetensors`` (the final
-method and its input normaliser) and ``metrics.json`` (written last: its presence marks a finished run).
+method and its input normaliser), ``calibration.json`` (the temperature fitted on the validation split, with
+``evaluation.calibrate``) and ``metrics.json`` (written last: its presence marks a finished run).
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from safetensors.torch import load_file, save_file
 from mimmo.data.datasets import ImageSet, Normalizer, Splits
 from mimmo.data.loader import BatchLoader
 from mimmo.data.registry import DATASETS, check_data, dataset_shape, load_data
+from mimmo.evaluation.calibration import calibrated_section, fit_temperature, write_calibration
 from mimmo.evaluation.cost import count_cost
-from mimmo.evaluation.evaluate import evaluate_method, predict_log_probs
+from mimmo.evaluation.evaluate import RAW, Readout, evaluate_readouts, predict_logits
 from mimmo.evaluation.metrics import classification_metrics
 from mimmo.evaluation.probes import feature_reuse
+from mimmo.evaluation.pruning import can_prune, pruned_cost, pruned_weights
 from mimmo.io import read_json, write_json_atomic, write_text_atomic
-from mimmo.methods.base import Method, Progress
+from mimmo.methods.base import Method, Progress, mixture_log_probs
 from mimmo.methods.registry import build_method
 from mimmo.models.backbone import backbone_input_shape
 from mimmo.models.registry import build_backbone_factory
@@ -452,27 +455,44 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 def evaluate_model(cfg: DictConfig, method: Method, normalizer: Normalizer, splits: Splits,
                    device: torch.device | str) -> dict[str, Any]:
     """Everything a run folder records about a trained model: test (clean and shifted), validation,
-    cost, the learned exit weights and the feature-reuse probe."""
+    cost, the learned exit weights and the feature-reuse probe; with ``evaluation.calibrate`` the temperature
+    fitted on the validation split and the calibrated metrics (``calibrated``), with ``evaluation.prune_exits``
+    the network with exits pruned (``pruned``). All read from one pass over each set."""
     method = method.to(device).eval()
     normalizer = normalizer.to(device)
     batch = int(cfg.train.eval_batch_size)
-    evaluation = evaluate_method(method, splits.test, normalizer, batch, device, shift_seed=int(cfg.seed),
-                                 shifted=bool(cfg.evaluation.shifted))
+    validation_logits, validation_weights = predict_logits(method, splits.validation.images, normalizer, batch, device)
+    readouts = {"raw": RAW}
+    fit = None
+    if cfg.evaluation.get("calibrate", True):
+        fit = fit_temperature(validation_logits, validation_weights, splits.validation.labels)
+        readouts["calibrated"] = Readout(fit.temperature)
+    eps = cfg.evaluation.get("prune_exits")
+    if eps is not None and can_prune(method):
+        readouts["pruned"] = Readout(weights=pruned_weights(method, eps))
+    evaluation = evaluate_readouts(method, splits.test, normalizer, readouts, batch, device, shift_seed=int(cfg.seed),
+                                   shifted=bool(cfg.evaluation.shifted))
     weights = method.exit_weights()
-    cost = count_cost(method, model_input_shape(cfg, splits.input_shape))
-    return {
+    input_shape = model_input_shape(cfg, splits.input_shape)
+    cost = count_cost(method, input_shape)
+    results = {
         "format_version": FORMAT_VERSION, "method": cfg.method.name, "dataset": cfg.data.name,
         "data_shape": list(splits.input_shape), "num_classes": splits.num_classes,
         "class_names": None if splits.class_names is None else list(splits.class_names),
         "num_members": method.num_members, "num_exits": method.num_exits, "seed": int(cfg.seed),
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "test": evaluation["test"], "shifted": evaluation["shifted"],
-        "validation": classification_metrics(
-            predict_log_probs(method, splits.validation.images, normalizer, batch, device), splits.validation.labels),
+        "test": evaluation["raw"]["test"], "shifted": evaluation["raw"]["shifted"],
+        "validation": classification_metrics(mixture_log_probs(validation_logits, validation_weights),
+                                             splits.validation.labels),
         "cost": {"flops": cost.flops, "params": cost.params},
         "exit_weights": None if weights is None else weights.cpu().tolist(),
         "feature_reuse": feature_reuse(method),
     }
+    if fit is not None:
+        results["calibrated"] = calibrated_section(fit, evaluation["calibrated"])
+    if "pruned" in evaluation:
+        results["pruned"] = pruned_cost(method, eps, input_shape) | evaluation["pruned"]
+    return results
 
 
 def finish_run(run_dir: Path, cfg: DictConfig, method: Method, normalizer: Normalizer, splits: Splits,
@@ -483,8 +503,20 @@ def finish_run(run_dir: Path, cfg: DictConfig, method: Method, normalizer: Norma
     results["exit_weights_history"] = exit_weight_history or None
     results["time"] = {"train_seconds": train_seconds, "evaluate_seconds": time.perf_counter() - start}
     save_weights(run_dir / "weights.safetensors", method.cpu(), normalizer.cpu())
+    write_calibration_of(run_dir, results)
     write_json_atomic(run_dir / "metrics.json", results)
     return results
+
+
+def write_calibration_of(run_dir: Path, results: dict[str, Any]) -> None:
+    """calibration.json from the ``calibrated`` section of fresh results, if they have one."""
+    if results.get("calibrated") is not None:
+        write_calibration(run_dir, results["calibrated"])
+
+
+# Sections of metrics.json that post-hoc commands add (mimmo evaluate --anytime / --prune-exits): a plain
+# re-evaluation keeps them unless it computes them itself (they depend only on the saved weights).
+POSTHOC_SECTIONS = ("anytime", "pruned")
 
 
 def evaluate_run(run_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -499,5 +531,9 @@ def evaluate_run(run_dir: str | Path, device: str | torch.device = "cpu") -> dic
     previous = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
     results["exit_weights_history"] = previous.get("exit_weights_history")
     results["time"] = {**previous.get("time", {}), "evaluate_seconds": time.perf_counter() - start}
+    for section in POSTHOC_SECTIONS:
+        if section not in results and previous.get(section) is not None:
+            results[section] = previous[section]
+    write_calibration_of(run_dir, results)
     write_json_atomic(run_dir / "metrics.json", results)
     return results

@@ -9,7 +9,8 @@ than a silent zero (register a rule with :func:`register_cost_rule`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -85,31 +86,63 @@ class Cost:
         return self.flops / 1e6, self.params / 1e6
 
 
-@torch.no_grad()
-def count_cost(method: nn.Module, input_shape: tuple[int, ...]) -> Cost:
-    """FLOPs and trainable parameters of one test-time prediction for one input of ``input_shape``."""
+class FlopCounter:
+    """Counts the FLOPs that the watched leaf modules compute, by forward hooks (see :func:`counting_flops`)."""
+
+    def __init__(self) -> None:
+        self.flops = 0
+        self.ran: set[int] = set()  # ids of the leaf modules that ran
+
+    def hook(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        self.flops += _rule_for(module)(module, inputs, output)
+        self.ran.add(id(module))
+
+
+@contextmanager
+def counting_flops(method: nn.Module) -> Iterator[FlopCounter]:
+    """Count the FLOPs of everything ``method``'s leaf modules compute inside the block (any batch size: the
+    rules scale with it). Softmaxes are not modules: the caller adds them. Raises NotImplementedError for a leaf
+    module type without a rule."""
     leaves = [m for m in method.modules() if not list(m.children()) or type(m) in COST_RULES]
     unknown = sorted({type(m).__name__ for m in leaves if _rule_for(m) is None
                       and not isinstance(m, nn.Sequential | nn.ModuleList | nn.ModuleDict)})
     if unknown:
         raise NotImplementedError(f"no FLOP rule for module types {unknown}; add one with "
                                   "mimmo.evaluation.cost.register_cost_rule")
-    total = 0
-
-    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        nonlocal total
-        total += _rule_for(module)(module, inputs, output)
-
-    handles = [m.register_forward_hook(hook) for m in leaves if _rule_for(m) is not None]
-    was_training = method.training
-    method.eval()
+    counter = FlopCounter()
+    handles = [m.register_forward_hook(counter.hook) for m in leaves if _rule_for(m) is not None]
     try:
-        parameter = next(method.parameters())
-        x = torch.zeros(1, *input_shape, device=parameter.device, dtype=parameter.dtype)
-        prediction = method(x)
-        total += prediction.logits.numel()  # one softmax per exit and member
+        yield counter
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _used_parameters(method: nn.Module, ran: set[int]) -> int:
+    """Trainable parameters of the leaf modules that ran, plus those held by containers (such as theta)."""
+    total = 0
+    for module in method.modules():
+        if _rule_for(module) is not None and id(module) not in ran:
+            continue
+        total += sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
+    return total
+
+
+@torch.no_grad()
+def count_cost(method: nn.Module, input_shape: tuple[int, ...], used_parameters: bool = False) -> Cost:
+    """FLOPs and trainable parameters of one test-time prediction for one input of ``input_shape``.
+
+    With ``used_parameters`` only the parameters of the modules the prediction ran count (and those held by
+    containers, such as MIMMO's theta): the parameters of a network with exits pruned."""
+    was_training = method.training
+    method.eval()
+    try:
+        with counting_flops(method) as counter:
+            parameter = next(method.parameters())
+            x = torch.zeros(1, *input_shape, device=parameter.device, dtype=parameter.dtype)
+            prediction = method(x)
+        total = counter.flops + prediction.logits.numel()  # one softmax per exit and member
+    finally:
         method.train(was_training)
-    return Cost(flops=int(total), params=count_parameters(method))
+    params = _used_parameters(method, counter.ran) if used_parameters else count_parameters(method)
+    return Cost(flops=int(total), params=params)

@@ -8,7 +8,7 @@ probabilities (N, K) and the members' own mixtures (N, M, K) of one set are kept
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +23,7 @@ from mimmo.evaluation.metrics import (
     misclassification_auroc,
     reliability_bins,
 )
-from mimmo.methods.base import mixture_log_probs
+from mimmo.methods.base import Prediction, mixture_log_probs
 
 Transform = Callable[[Tensor, Tensor], Tensor]  # ([0, 1] images (B, C, H, W), their indices (B,)) -> images
 
@@ -34,7 +34,35 @@ class SetPrediction:
 
     log_probs: Tensor  # (N, K): the predictive mixture
     member_log_probs: Tensor  # (N, M, K): each member's own mixture over its exits
-    weights: Tensor  # (D, M): the method's exit weights
+    weights: Tensor  # (D, M): the exit weights of the mixture
+
+
+@dataclass(frozen=True)
+class Readout:
+    """How a prediction is read from the component logits (B, D, M, K): each divided by ``temperature`` before
+    its softmax (post-hoc calibration) and mixed with ``weights`` (D, M) (exits pruned; None: the method's own).
+    The default reads the method's own mixture, bit for bit."""
+
+    temperature: float = 1.0
+    weights: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"a temperature must be > 0, got {self.temperature!r}")
+
+    def apply(self, logits: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """The logits and weights to mix."""
+        if self.weights is not None:
+            if self.weights.shape != weights.shape:
+                raise ValueError(f"readout weights {tuple(self.weights.shape)} do not match the method's exit "
+                                 f"weights {tuple(weights.shape)}")
+            weights = self.weights.to(weights.device)
+        if self.temperature != 1.0:
+            logits = logits.float() / self.temperature
+        return logits, weights
+
+
+RAW = Readout()
 
 
 def method_device(method: nn.Module) -> torch.device:
@@ -44,10 +72,9 @@ def method_device(method: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def predict(method: nn.Module, images_u8: Tensor, normalizer: Normalizer, batch_size: int = 500,
-            device: torch.device | str | None = None, transform: Transform | None = None) -> SetPrediction:
-    """Predict a uint8 image set (N, C, H, W) batch by batch; ``transform`` shifts the [0, 1] images of a
-    batch (given their indices in the set) before normalisation. The method is left in its previous mode."""
+def _predictions(method: nn.Module, images_u8: Tensor, normalizer: Normalizer, batch_size: int,
+                 device: torch.device | str | None, transform: Transform | None) -> Iterator[Prediction]:
+    """The method's predictions, batch by batch, in eval mode under inference mode (the mode is restored)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if images_u8.dtype != torch.uint8 or images_u8.dim() != 4:
@@ -60,7 +87,6 @@ def predict(method: nn.Module, images_u8: Tensor, normalizer: Normalizer, batch_
     images = images_u8.to(device)
     was_training = method.training
     method.eval()
-    log_probs, members, weights = [], [], None
     try:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
@@ -68,19 +94,52 @@ def predict(method: nn.Module, images_u8: Tensor, normalizer: Normalizer, batch_
                 x = Normalizer.to_unit(images[index])
                 if transform is not None:
                     x = transform(x, index)
-                prediction = method(normalize(x))
-                log_probs.append(mixture_log_probs(prediction.logits, prediction.weights).cpu())
-                members.append(member_log_probs(prediction.logits, prediction.weights).cpu())
-                weights = prediction.weights.detach().float().cpu()
+                yield method(normalize(x))
     finally:
         method.train(was_training)
-    return SetPrediction(torch.cat(log_probs), torch.cat(members), weights)
+
+
+def predict_readouts(method: nn.Module, images_u8: Tensor, normalizer: Normalizer, readouts: dict[str, Readout],
+                     batch_size: int = 500, device: torch.device | str | None = None,
+                     transform: Transform | None = None) -> dict[str, SetPrediction]:
+    """Predict a uint8 image set (N, C, H, W) batch by batch, once, and read every one of ``readouts`` from the
+    same logits; ``transform`` shifts the [0, 1] images of a batch (given their indices in the set) before
+    normalisation. The method is left in its previous mode."""
+    if not readouts:
+        raise ValueError("give at least one readout")
+    parts: dict[str, tuple[list, list, Tensor | None]] = {name: ([], [], None) for name in readouts}
+    for prediction in _predictions(method, images_u8, normalizer, batch_size, device, transform):
+        for name, readout in readouts.items():
+            logits, weights = readout.apply(prediction.logits, prediction.weights)
+            log_probs, members, _ = parts[name]
+            log_probs.append(mixture_log_probs(logits, weights).cpu())
+            members.append(member_log_probs(logits, weights).cpu())
+            parts[name] = (log_probs, members, weights.detach().float().cpu())
+    return {name: SetPrediction(torch.cat(log_probs), torch.cat(members), weights)
+            for name, (log_probs, members, weights) in parts.items()}
+
+
+def predict(method: nn.Module, images_u8: Tensor, normalizer: Normalizer, batch_size: int = 500,
+            device: torch.device | str | None = None, transform: Transform | None = None) -> SetPrediction:
+    """The method's own predictions of a uint8 image set (N, C, H, W); see :func:`predict_readouts`."""
+    return predict_readouts(method, images_u8, normalizer, {"raw": RAW}, batch_size, device, transform)["raw"]
 
 
 def predict_log_probs(method: nn.Module, images_u8: Tensor, normalizer: Normalizer, batch_size: int = 500,
                       device: torch.device | str | None = None, transform: Transform | None = None) -> Tensor:
     """The predictive mixture's log probabilities (N, K) on the CPU; see :func:`predict`."""
     return predict(method, images_u8, normalizer, batch_size, device, transform).log_probs
+
+
+def predict_logits(method: nn.Module, images_u8: Tensor, normalizer: Normalizer, batch_size: int = 500,
+                   device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """Every component's logits (N, D, M, K) and the exit weights (D, M), on the CPU (to fit a temperature)."""
+    logits, weights = [], None
+    for prediction in _predictions(method, images_u8, normalizer, batch_size, device, None):
+        logits.append(prediction.logits.float().cpu())
+        weights = prediction.weights.detach().float().cpu()
+    assert weights is not None
+    return torch.cat(logits), weights
 
 
 def set_metrics(prediction: SetPrediction, targets: Tensor, reliability: bool = False) -> dict:
@@ -109,6 +168,28 @@ def summarize_sets(sets: dict[str, dict]) -> dict[str, dict[str, float]]:
     return summary
 
 
+def evaluate_readouts(method: nn.Module, data: ImageSet, normalizer: Normalizer, readouts: dict[str, Readout],
+                      batch_size: int = 500, device: torch.device | str | None = None, shift_seed: int = 0,
+                      shifted: bool = True) -> dict[str, dict]:
+    """:func:`evaluate_method` for every one of ``readouts`` from one pass over each set: ``{name: results}``."""
+    targets = data.labels
+    clean = predict_readouts(method, data.images, normalizer, readouts, batch_size, device)
+    results: dict[str, dict] = {name: {"test": set_metrics(clean[name], targets, reliability=True), "shifted": None}
+                                for name in readouts}
+    if shifted:
+        sets: dict[str, dict] = {name: {} for name in readouts}
+        for kind, level in shifted_sets():
+            def transform(x: Tensor, index: Tensor, kind: str = kind, level: float = level) -> Tensor:
+                return apply_shift(x, kind, level, index, shift_seed)
+
+            predictions = predict_readouts(method, data.images, normalizer, readouts, batch_size, device, transform)
+            for name, prediction in predictions.items():
+                sets[name][set_name(kind, level)] = set_metrics(prediction, targets)
+        for name in readouts:
+            results[name]["shifted"] = {"summary": summarize_sets(sets[name]), "sets": sets[name]}
+    return results
+
+
 def evaluate_method(method: nn.Module, data: ImageSet, normalizer: Normalizer, batch_size: int = 500,
                     device: torch.device | str | None = None, shift_seed: int = 0,
                     shifted: bool = True) -> dict:
@@ -119,16 +200,4 @@ def evaluate_method(method: nn.Module, data: ImageSet, normalizer: Normalizer, b
     accuracy, nll, ece, brier, entropy, misclassification_auroc, and with several members
     member_accuracy, member_nll and disagreement.
     """
-    targets = data.labels
-    clean = predict(method, data.images, normalizer, batch_size, device)
-    results: dict = {"test": set_metrics(clean, targets, reliability=True), "shifted": None}
-    if shifted:
-        sets = {}
-        for kind, level in shifted_sets():
-            def transform(x: Tensor, index: Tensor, kind: str = kind, level: float = level) -> Tensor:
-                return apply_shift(x, kind, level, index, shift_seed)
-
-            prediction = predict(method, data.images, normalizer, batch_size, device, transform)
-            sets[set_name(kind, level)] = set_metrics(prediction, targets)
-        results["shifted"] = {"summary": summarize_sets(sets), "sets": sets}
-    return results
+    return evaluate_readouts(method, data, normalizer, {"raw": RAW}, batch_size, device, shift_seed, shifted)["raw"]

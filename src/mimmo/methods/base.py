@@ -109,6 +109,11 @@ class Method(nn.Module):
         """The predictive mixture p(y|x), (B, K)."""
         return self(x).probs()
 
+    def predict_anytime(self, x: Tensor, threshold: float) -> object:
+        """Anytime prediction (see :mod:`mimmo.methods.exits`): only the exit methods have it."""
+        raise TypeError(f"{self.name} has no early exits to stop at; anytime prediction is for the exit methods "
+                        "(mimmo, mimmo_gamma, dun, early_exit)")
+
     def exit_weights(self) -> Tensor | None:
         """The learned weights over exits (D, M), or None if the method has none to learn."""
         return None

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mimmo.methods.base import LossOutput, Method, Prediction, Progress, require
+from mimmo.methods.exits import StagedExits
 from mimmo.models.backbone import Backbone, BackboneFactory, check_backbone, first_layer
 
 
@@ -37,7 +38,7 @@ class ExitClassifier(nn.Sequential):
         super().__init__(*layers)
 
 
-class EarlyExit(Method):
+class EarlyExit(StagedExits, Method):
     """A backbone with its own classifier after every stage but the last; logits (B, D, 1, K)."""
 
     name = "early_exit"
@@ -68,6 +69,20 @@ class EarlyExit(Method):
 
     def forward(self, x: Tensor) -> Prediction:
         return Prediction(self.exit_logits(x)[:, :, None], self.uniform_weights)
+
+    def exit_stem(self, x: Tensor) -> Tensor:
+        return self.backbone.stem(x)
+
+    def exit_stage(self, index: int, h: Tensor, compute_exit: bool) -> tuple[Tensor, Tensor | None]:
+        h = self.backbone.stages[index](h)
+        if not compute_exit:
+            return h, None
+        if index == self.num_exits - 1:
+            return h, self.backbone.head(self.backbone.pool(h))[:, None]
+        return h, self.exits[index](h)[:, None]
+
+    def prediction_weights(self) -> Tensor:
+        return self.uniform_weights
 
     def training_loss(self, x: Tensor, y: Tensor, progress: Progress) -> LossOutput:
         logits = self.exit_logits(x).float()

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mimmo.methods.base import LossOutput, Prediction, Progress, per_sample_nll, require
+from mimmo.methods.exits import StagedExits
 from mimmo.methods.mimo import MultiInputMethod
 from mimmo.models.backbone import BackboneFactory, check_backbone
 
@@ -63,7 +64,7 @@ class ExitNetwork(nn.Module):
         return torch.stack([head(f) for head, f in zip(heads, features, strict=True)], dim=1)
 
 
-class MIMMO(MultiInputMethod):
+class MIMMO(StagedExits, MultiInputMethod):
     """MIMO plus early exits and learned per-member depth weights theta (D, M)."""
 
     name = "mimmo"
@@ -118,6 +119,24 @@ class MIMMO(MultiInputMethod):
 
     def forward(self, x: Tensor) -> Prediction:
         return Prediction(self.exit_logits(self.tile_members(x)), self.depth_weights())
+
+    def exit_stem(self, x: Tensor) -> Tensor:
+        return self.backbone.stem(self.tile_members(x))
+
+    def exit_stage(self, index: int, h: Tensor, compute_exit: bool) -> tuple[Tensor, Tensor | None]:
+        h = self.backbone.stages[index](h)
+        if not compute_exit:
+            return h, None
+        network = self.network
+        if index == self.num_exits - 1:
+            feature, head = self.backbone.pool(h), self.backbone.head
+        else:
+            feature = network.exits[index](h)
+            head = self.backbone.head if network.exit_heads is None else network.exit_heads[index]
+        return h, self.split_members(head(feature))
+
+    def prediction_weights(self) -> Tensor:
+        return self.depth_weights()
 
     def training_loss(self, x: Tensor, y: Tensor, progress: Progress) -> LossOutput:
         inputs, targets = self.training_batch(x, y)

@@ -1,0 +1,95 @@
+"""Post-hoc work on finished run folders: anytime sweeps, exits pruned by θ, temperature scaling.
+
+Each function loads a trained run (``config.yaml`` and ``weights.safetensors``), computes one section and merges
+it into the run's ``metrics.json`` (atomically), leaving every other section, the raw metrics above all, as it
+was. Nothing is retrained.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mimmo.evaluation.anytime import DEFAULT_THRESHOLDS, anytime_sweep
+from mimmo.evaluation.calibration import calibrated_section, fit_on_set, write_calibration
+from mimmo.evaluation.cost import count_cost
+from mimmo.evaluation.evaluate import Readout, evaluate_readouts
+from mimmo.evaluation.pruning import pruned_cost, pruned_weights
+from mimmo.io import read_json, write_json_atomic
+from mimmo.training import input_spec, load_run, load_splits, model_input_shape
+
+METRICS_FILE = "metrics.json"
+
+
+def _finished(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    run_dir = Path(run_dir)
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a finished run: {METRICS_FILE} is missing")
+    return run_dir, read_json(path)
+
+
+def _merge(run_dir: Path, section: str, value: Any) -> dict[str, Any]:
+    metrics = read_json(run_dir / METRICS_FILE)  # read again: the section is merged into the latest file
+    metrics[section] = value
+    write_json_atomic(run_dir / METRICS_FILE, metrics)
+    return metrics
+
+
+def add_anytime(run_dir: str | Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Sweep the anytime thresholds on the clean test set and write metrics.json's ``anytime`` table."""
+    run_dir, _ = _finished(run_dir)
+    method, normalizer, cfg = load_run(run_dir, device)
+    splits = load_splits(cfg)
+    table = anytime_sweep(method, splits.test, normalizer, thresholds, int(cfg.train.eval_batch_size), device)
+    _merge(run_dir, "anytime", table)
+    return table
+
+
+def add_pruned(run_dir: str | Path, eps: float, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Evaluate the network with exits pruned at ``eps`` (test and shifted sets, cost) into metrics.json's
+    ``pruned`` section."""
+    run_dir, _ = _finished(run_dir)
+    method, normalizer, cfg = load_run(run_dir, device)
+    splits = load_splits(cfg)
+    section = pruned_cost(method, eps, model_input_shape(cfg, splits.input_shape))
+    section |= evaluate_readouts(method, splits.test, normalizer, {"pruned": Readout(weights=pruned_weights(
+        method, eps))}, int(cfg.train.eval_batch_size), device, shift_seed=int(cfg.seed),
+        shifted=bool(cfg.evaluation.shifted))["pruned"]
+    _merge(run_dir, "pruned", section)
+    return section
+
+
+def calibrate_run(run_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Fit the temperature on the validation split, save it in calibration.json, and write the calibrated test
+    and shifted metrics into metrics.json's ``calibrated`` section (the raw metrics stay as they are)."""
+    run_dir, _ = _finished(run_dir)
+    method, normalizer, cfg = load_run(run_dir, device)
+    splits = load_splits(cfg)
+    start = time.perf_counter()
+    batch = int(cfg.train.eval_batch_size)
+    fit = fit_on_set(method, normalizer, splits.validation, batch, device)
+    evaluation = evaluate_readouts(method, splits.test, normalizer, {"calibrated": Readout(fit.temperature)}, batch,
+                                   device, shift_seed=int(cfg.seed), shifted=bool(cfg.evaluation.shifted))
+    section = calibrated_section(fit, evaluation["calibrated"])
+    section["seconds"] = time.perf_counter() - start
+    write_calibration(run_dir, section)
+    _merge(run_dir, "calibrated", section)
+    return section
+
+
+def run_cost(run_dir: str | Path, eps: float | None = None) -> dict[str, Any]:
+    """FLOPs and params of a trained run's full network and, with ``eps``, of its network with exits pruned."""
+    method, _, cfg = load_run(run_dir, "cpu")
+    input_shape = model_input_shape(cfg, input_spec(cfg)[0])
+    full = count_cost(method, input_shape)
+    out: dict[str, Any] = {"method": cfg.method.name, "input_shape": input_shape, "num_members": method.num_members,
+                           "num_exits": method.num_exits, "flops": full.flops, "params": full.params}
+    if eps is not None:
+        out["pruned"] = pruned_cost(method, eps, input_shape)
+    return out
