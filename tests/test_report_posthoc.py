@@ -46,12 +46,13 @@ def runs(tmp_path: Path) -> Path:
 def test_the_posthoc_sections_show_raw_beside_calibrated_pruned_beside_full_and_the_anytime_saving(tmp_path):
     groups = group_runs(load_runs([runs(tmp_path)]))
     text = posthoc_markdown(groups)
-    assert "| MIMMO | 0.80 ± 0.00 | 0.700 ± 0.000 | 0.700 ± 0.000 | 1.000 ± 0.000 | 0.900 ± 0.000 |" in text
+    assert "| MIMMO | 2 | 0.80 ± 0.00 | 0.700 ± 0.000 | 0.700 ± 0.000 | 1.000 ± 0.000 | 0.900 ± 0.000 |" in text
     assert "| Base |" not in text.split("### Exits")[0]  # no calibrated section, no row
-    assert "| MIMMO (M=2) | 0.05 | x·xx; x·xx | 1.0000 ± 0.0000 | 0.9000 ± 0.0000 |" in text
+    assert "| MIMMO (M=2) | 2 | 0.05 | x·xx; x·xx | 1.0000 ± 0.0000 | 0.9000 ± 0.0000 |" in text
     best = cheapest_within(next(g for g in groups if g.method == "mimmo"))
     assert best["threshold"] == 0.9  # 0.6975 is within 0.5 points of 0.70; 0.60 is not
-    assert "| MIMMO (M=2) | 1.000 | 0.700 | 1.000 | 0.300 | 0.9 | 0.600 | 40% | 0.698 | 1.000 | 0.200 | 33% |" in text
+    assert ("| MIMMO (M=2) | 2 | 1.000 | 0.700 | 1.000 | 0.300 | 0.9 | 0.600 | 40% | 0.698 | 1.000 | 0.200 | 33% |"
+            in text)
 
 
 def test_the_report_adds_the_posthoc_tables_and_the_anytime_figure(tmp_path):

@@ -36,18 +36,19 @@ def calibration_markdown(groups: Sequence[RunGroup]) -> str:
         if not rows:
             continue
         lines = [f"### Raw vs calibrated: {table.title}", "",
-                 "| Method | T | Acc raw | Acc cal. | NLL raw | NLL cal. | ECE raw | ECE cal. "
+                 "| Method | seeds | T | Acc raw | Acc cal. | NLL raw | NLL cal. | ECE raw | ECE cal. "
                  "| Shifted NLL raw | Shifted NLL cal. | Shifted ECE raw | Shifted ECE cal. |",
-                 "|:--" + "|--:" * 11 + "|"]
+                 "|:--" + "|--:" * 12 + "|"]
         for group in rows:
             calibrated = [run for run in group.runs if run.get("calibrated")]
-            cells = [_cell([run.get("calibrated", "temperature") for run in calibrated], decimals=2)]
+            raw = tuple(calibrated)  # raw beside calibrated: the same runs
+            cells = [str(len(raw)), _cell([run.get("calibrated", "temperature") for run in raw], decimals=2)]
             for key in ("accuracy", "nll", "ece"):
-                cells += [_cell(group.values(lambda run, k=key: run.get("test", k))),
-                          _cell([run.get("calibrated", "test", key) for run in calibrated])]
+                cells += [_cell([run.get("test", key) for run in raw]),
+                          _cell([run.get("calibrated", "test", key) for run in raw])]
             for key in ("nll", "ece"):
-                cells += [_cell(group.values(lambda run, k=key: run.get("shifted", "summary", k, "mean"))),
-                          _cell([v for run in calibrated
+                cells += [_cell([v for run in raw if (v := run.get("shifted", "summary", key, "mean")) is not None]),
+                          _cell([v for run in raw
                                  if (v := run.get("calibrated", "shifted", "summary", key, "mean")) is not None])]
             lines.append("| " + " | ".join([row_label(group, table), *cells]) + " |")
         lines += ["", "Mean ± std (population) over seeds. T: one temperature per run fitted on the validation "
@@ -62,14 +63,14 @@ def pruning_markdown(groups: Sequence[RunGroup]) -> str:
     if not rows:
         return ""
     lines = ["### Exits pruned by θ", "",
-             "| Method | EPS | exits run (per seed) | FLOPs [M] full | FLOPs [M] pruned | Params [M] full | "
+             "| Method | seeds | EPS | exits run (per seed) | FLOPs [M] full | FLOPs [M] pruned | Params [M] full | "
              "Params [M] pruned | Acc full | Acc pruned | NLL full | NLL pruned | Shifted NLL full | "
-             "Shifted NLL pruned |", "|:--" + "|--:" * 12 + "|"]
+             "Shifted NLL pruned |", "|:--" + "|--:" * 13 + "|"]
     for group in rows:
         runs = [run for run in group.runs if run.get("pruned")]
         eps = sorted({run.get("pruned", "prune_exits") for run in runs})
         used = "; ".join("".join("x" if u else "·" for u in run.get("pruned", "exits_used")) for run in runs)
-        cells = [", ".join(f"{e:g}" for e in eps), used]
+        cells = [str(len(runs)), ", ".join(f"{e:g}" for e in eps), used]
         for key in ("flops", "params"):
             cells += [_cell([run.get("cost", key) for run in runs], 1e-6, 4),
                       _cell([run.get("pruned", "cost", key) for run in runs], 1e-6, 4)]
@@ -117,12 +118,13 @@ def anytime_markdown(groups: Sequence[RunGroup]) -> str:
     if not rows:
         return ""
     lines = ["### Anytime inference", "",
-             f"| Method | full: FLOPs [M] | full: Acc | full: NLL | full: ms/image | threshold (≤ {WITHIN_POINTS:g} "
-             "points) | FLOPs [M] | FLOPs saved | Acc | NLL | ms/image | wall-clock saved |",
-             "|:--" + "|--:" * 11 + "|"]
+             "| Method | seeds | full: FLOPs [M] | full: Acc | full: NLL | full: ms/image "
+             f"| threshold (≤ {WITHIN_POINTS:g} points) | FLOPs [M] | FLOPs saved | Acc | NLL | ms/image | wall-clock saved |",
+             "|:--" + "|--:" * 12 + "|"]
     for group in rows:
         full, best = anytime_full(group), cheapest_within(group)
-        cells = [f"{full['flops'] / 1e6:.3f}", f"{full['accuracy']:.3f}", f"{full['nll']:.3f}",
+        cells = [str(sum(1 for run in group.runs if run.get("anytime"))), f"{full['flops'] / 1e6:.3f}",
+                 f"{full['accuracy']:.3f}", f"{full['nll']:.3f}",
                  f"{full['seconds_per_image'] * 1e3:.3f}"]
         if best is None:
             cells += ["–"] * 7
