@@ -514,9 +514,9 @@ def write_calibration_of(run_dir: Path, results: dict[str, Any]) -> None:
         write_calibration(run_dir, results["calibrated"])
 
 
-# Sections of metrics.json that post-hoc commands add (mimmo evaluate --anytime / --prune-exits): a plain
-# re-evaluation keeps them unless it computes them itself (they depend only on the saved weights).
-POSTHOC_SECTIONS = ("anytime", "pruned")
+# Sections of metrics.json that post-hoc commands add (mimmo evaluate --anytime / --prune-exits, mimmo calibrate): a
+# plain re-evaluation keeps them unless it computes them itself (they depend only on the saved weights).
+POSTHOC_SECTIONS = ("anytime", "pruned", "calibrated")
 
 
 def evaluate_run(run_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
