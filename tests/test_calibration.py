@@ -145,3 +145,14 @@ def test_mimmo_cost_run_prints_the_full_and_the_pruned_cost(run_dir, capsys):
 def test_posthoc_commands_refuse_unfinished_runs(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a finished run"):
         main(["calibrate", str(tmp_path)])
+
+
+def test_a_plain_reevaluation_keeps_the_posthoc_sections_it_does_not_compute(run_dir):
+    metrics = read_json(run_dir / "metrics.json")
+    metrics |= {"anytime": {"marker": 1}, "pruned": {"marker": 2}}
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    main(["evaluate", str(run_dir)])
+    again = read_json(run_dir / "metrics.json")
+    assert again["anytime"] == {"marker": 1} and again["pruned"] == {"marker": 2}
+    assert again["calibrated"]["temperature"] == read_json(run_dir / CALIBRATION_FILE)["temperature"]
+    assert again["test"]["accuracy"] != 0.123  # the raw metrics were computed again
