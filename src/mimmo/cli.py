@@ -2,18 +2,100 @@
 
 ``mimmo train`` and ``mimmo cost`` take Hydra overrides (``method=mimo method.num_members=4 seed=1``);
 ``mimmo train --multirun`` sweeps a grid with Hydra's launchers.
+
+A bad setting or input is refused before any work or folder is created, as one line naming the value and what
+is allowed, with exit status 2 (``--debug`` or MIMMO_DEBUG=1 adds the traceback). A run stopped by SIGTERM or
+SIGINT exits with 143 or 130 and resumes when the same command is run again.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
+import warnings
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TypeVar
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from mimmo.config import CONFIG_DIR, compose
+from mimmo.run_folder import RunFolderBusy, register_resolvers
+
+register_resolvers()
+
+# Errors that mean "this input is not allowed" (exit status 2), not a bug in mimmo.
+REFUSALS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, RunFolderBusy,
+            HydraException, OmegaConfBaseException)
+T = TypeVar("T")
+
+
+def debugging() -> bool:
+    """``--debug`` on the command line (see :func:`main`) or MIMMO_DEBUG=1: tracebacks for refusals too."""
+    return os.environ.get("MIMMO_DEBUG", "") not in ("", "0")
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def run_reporting_errors(command: str, action: Callable[[], T]) -> T:
+    """Run ``action``; a refusal becomes one line on stderr and exit status 2, a signal stop 128 + its number,
+    a non-finite loss status 1 (each with the traceback under ``--debug``)."""
+    from mimmo.interrupt import Interrupted
+
+    try:
+        return action()
+    except (Interrupted, *REFUSALS, FloatingPointError) as error:
+        if isinstance(error, Interrupted):
+            code, message = error.exit_code, str(error)
+        else:
+            code, message = (1 if isinstance(error, FloatingPointError) else 2), one_line(error)
+        if debugging():
+            traceback.print_exception(error)
+        print(f"mimmo {command}: {message}", file=sys.stderr)
+        raise SystemExit(code) from None
+
+
+
+def check_training_runs(overrides: list[str]) -> Path | None:
+    """Compose and check every run that ``mimmo train <overrides>`` would start (settings, data, method) before
+    Hydra creates any folder; return the single run's folder (None for ``--multirun``)."""
+    from mimmo.grid import Grid, _hydra_config, plan, validate
+    from mimmo.training import check_data_fits, finished_metrics, load_splits, prepare_run
+
+    multirun = any(o in ("--multirun", "-m") for o in overrides)
+    overrides = [o for o in overrides if o not in ("--multirun", "-m")]
+    if multirun:
+        sweeps = plan(Grid("mimmo train --multirun", "", (tuple(overrides),), Path(CONFIG_DIR)), [])
+        validate(sweeps)
+        data: dict[str, object] = {}
+        for run in sweeps[0]:
+            key = repr(run.config.data)
+            if key not in data:
+                data[key] = load_splits(run.config)
+            check_data_fits(run.config, data[key])  # type: ignore[arg-type]
+        return None
+    with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = hydra.compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    with _hydra_config(cfg):
+        folder = Path(str(cfg.hydra.run.dir))
+    from omegaconf import OmegaConf, open_dict
+
+    with open_dict(cfg):
+        del cfg["hydra"]
+    OmegaConf.resolve(cfg)
+    if finished_metrics(cfg, folder) is None:
+        prepare_run(cfg)
+    return folder
+
 
 _invoked_as = sys.argv[0]  # the script that started this process (mimmo's console script, or a -m module)
 
@@ -26,7 +108,7 @@ def _train_main(cfg: DictConfig) -> float | None:
     # again (plus hydra.run.dir=<this run's folder>): make that command line this one run, `mimmo train <its
     # overrides>`, not the sweep it belongs to.
     sys.argv = [_invoked_as, "train", *HydraConfig.get().overrides.task]
-    metrics = train(cfg, HydraConfig.get().runtime.output_dir)
+    metrics = run_reporting_errors("train", lambda: train(cfg, HydraConfig.get().runtime.output_dir))
     return metrics.get("test", {}).get("nll") if metrics else None
 
 
@@ -60,13 +142,24 @@ def check_data_before_start(overrides: list[str]) -> None:
 
 
 def train_command(overrides: list[str]) -> None:
-    check_data_before_start(overrides)
-    saved = sys.argv
-    sys.argv = ["mimmo train", *overrides]
-    try:
-        _train_main()
-    finally:
-        sys.argv = saved
+    """``mimmo train <overrides>``: every run checked first, then Hydra's entry point (its launchers, DDP)."""
+    from mimmo.run_folder import is_rank_zero_launcher, lock
+
+    hydra_flags = [o for o in overrides if o.startswith("-") and o not in ("--multirun", "-m")]
+    with ExitStack() as held:
+        def check_and_lock() -> None:
+            check_data_before_start(overrides)
+            folder = None if hydra_flags else check_training_runs(overrides)
+            if folder is not None and is_rank_zero_launcher():
+                held.enter_context(lock(folder, "mimmo train"))  # before Hydra writes .hydra/ and cli.log there
+
+        run_reporting_errors("train", check_and_lock)
+        saved = sys.argv
+        sys.argv = ["mimmo train", *overrides]
+        try:
+            _train_main()
+        finally:
+            sys.argv = saved
 
 
 def cost_table_command(overrides: list[str]) -> None:
@@ -164,6 +257,9 @@ def posthoc_evaluate(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:
+        argv = [a for a in argv if a != "--debug"]
+        os.environ["MIMMO_DEBUG"] = "1"  # also for the processes a DDP launcher starts
     parser = argparse.ArgumentParser(prog="mimmo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -204,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         if command == "train":
             train_command(rest)
         else:
-            cost_command(rest)
+            run_reporting_errors("cost", lambda: cost_command(rest))
         return
     args = parser.parse_args(argv)
     if args.command == "evaluate" and (args.anytime or args.prune_exits is not None):
@@ -212,20 +308,35 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "evaluate":
         from mimmo.training import evaluate_run
 
-        results = evaluate_run(args.run_dir, device=args.device)
+        results = run_reporting_errors("evaluate", lambda: evaluate_run(args.run_dir, device=args.device))
         test, shifted = results["test"], results["shifted"]
         print(f"{args.run_dir}: test accuracy {test['accuracy']:.4f}, NLL {test['nll']:.4f}, ECE {test['ece']:.4f}, "
               f"Brier {test['brier']:.5f}" + ("" if shifted is None else
               f"; shifted mean accuracy {shifted['summary']['accuracy']['mean']:.4f}") + " (metrics.json updated)")
     elif args.command == "report":
         from mimmo.report import report as make_report
+        from mimmo.report.runs import SkippedRunsWarning
 
-        print(make_report(args.paths, args.out, figures=not args.no_figures))
+        def make() -> str:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", SkippedRunsWarning)
+                try:
+                    return make_report(args.paths, args.out, figures=not args.no_figures)
+                finally:
+                    for warning in caught:
+                        if issubclass(warning.category, SkippedRunsWarning):
+                            print(f"mimmo report: {warning.message}", file=sys.stderr)
+                        else:
+                            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                                   warning.lineno)
+
+        print(run_reporting_errors("report", make))
     elif args.command == "calibrate":
         from mimmo.posthoc import calibrate_run
 
         for run_dir in args.run_dirs:
-            section = calibrate_run(run_dir, device=args.device)
+            section = run_reporting_errors(
+                "calibrate", lambda run_dir=run_dir: calibrate_run(run_dir, device=args.device))
             fit, test = section["validation"], section["test"]
             print(f"{run_dir}: T = {section['temperature']:.4f}; validation NLL {fit['nll_before']:.4f} -> "
                   f"{fit['nll_after']:.4f}; calibrated test accuracy {test['accuracy']:.4f}, NLL {test['nll']:.4f}, "
@@ -233,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "demo":
         from mimmo.demo import run_demo
 
-        run_demo(args.output_dir, args.epochs)
+        run_reporting_errors("demo", lambda: run_demo(args.output_dir, args.epochs))
 
 
 if __name__ == "__main__":

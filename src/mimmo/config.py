@@ -9,18 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from mimmo.run_folder import register_resolvers
 
 CONFIG_DIR = str(Path(__file__).parent / "configs")
 
 
-def run_name(override_dirname: str) -> str:
-    """Run folder name: the command-line overrides (sorted by Hydra), or 'default' when there are none."""
-    return override_dirname.replace("/", "_") or "default"
-
-
-if not OmegaConf.has_resolver("run_name"):
-    OmegaConf.register_new_resolver("run_name", run_name)
+register_resolvers()  # run folder names and the non-semantic settings (mimmo.run_folder)
 
 
 def compose(overrides: list[str]) -> DictConfig:

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from mimmo.config import compose
-from mimmo.training import train
+from mimmo.training import prepare_run, train
 
 DEMO_METHODS = ("base", "mimo", "mimmo")
 
@@ -26,13 +26,19 @@ def format_table(rows: list[dict]) -> str:
 def run_demo(output_dir: str | Path = "runs/demo", epochs: int | None = None, seed: int = 0,
              extra_overrides: list[str] | None = None) -> str:
     """Train the demo's three methods into ``output_dir`` and return (and print) the table."""
-    rows = []
+    configs = {}
     for name in DEMO_METHODS:
         overrides = ["experiment=fast", f"method={name}", f"seed={seed}", "train.progress_bar=false",
                      *(extra_overrides or [])]
         if epochs is not None:
             overrides.append(f"train.epochs={epochs}")
-        cfg = compose(overrides)
+        configs[name] = cfg = compose(overrides)
+        try:
+            prepare_run(cfg)  # every run is checked before the first one trains
+        except ValueError as error:
+            raise ValueError(f"the demo's {name} run: {error}") from error
+    rows = []
+    for name, cfg in configs.items():
         print(f"[demo] training {name} ({cfg.train.epochs} epochs) ...", flush=True)
         start = time.perf_counter()
         metrics = train(cfg, Path(output_dir) / name)

@@ -20,7 +20,6 @@ data checked (there, or to be downloaded).
 from __future__ import annotations
 
 import shlex
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import yaml
 from omegaconf import DictConfig
 
 from mimmo.config import CONFIG_DIR
+from mimmo.run_folder import LAST_CHECKPOINT, METRICS_FILE
 
 GRID_DIR = Path(CONFIG_DIR) / "grid"
 USAGE = """usage: mimmo grid NAME [--dry-run] [overrides...]
@@ -71,9 +71,9 @@ class PlannedRun:
     @property
     def status(self) -> str:
         """``finished`` (metrics.json), ``partial`` (a checkpoint to resume from) or ``new``."""
-        if (self.folder / "metrics.json").exists():
+        if (self.folder / METRICS_FILE).exists():
             return "finished"
-        if (self.folder / "checkpoints" / "last.ckpt").exists():
+        if (self.folder / LAST_CHECKPOINT).exists():
             return "partial"
         return "new"
 
@@ -311,8 +311,9 @@ def run_grid(name: str, extra: Sequence[str] = (), dry_run: bool = False,
         try:
             train(arguments)
         except SystemExit as error:
-            if error.code not in (None, 0):
-                out(f"[grid] sweep {index + 1} failed; start the grid again to resume it (finished runs are skipped)")
+            if error.code not in (None, 0):  # a failure, a refusal or a signal (143, 130): not finished
+                what = "was stopped by a signal" if error.code in (130, 143) else "failed"
+                out(f"[grid] sweep {index + 1} {what}; start the grid again to resume it (finished runs are skipped)")
             raise
     out(f"[grid] {grid.name}: done")
     return total
@@ -337,8 +338,7 @@ def main(argv: Sequence[str], train: Callable[[list[str]], None] | None = None) 
         return
     if not positional or positional[0].startswith("-"):
         raise SystemExit(USAGE + f"\nmimmo grid: give a grid name; one of {sorted(available_grids())}")
-    try:
-        run_grid(positional[0], positional[1:], dry_run="--dry-run" in flags, train=train)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"mimmo grid: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
+    from mimmo.cli import run_reporting_errors
+
+    run_reporting_errors("grid", lambda: run_grid(positional[0], positional[1:], dry_run="--dry-run" in flags,
+                                                     train=train))

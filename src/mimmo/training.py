@@ -1,17 +1,25 @@
-"""Training any method with Lightning, and the run folder it leaves behind.
+"""Training any method with Lightning, and the run folder it leaves behind (see :mod:`mimmo.run_folder`).
 
 A run folder holds: ``config.yaml`` (the resolved config), ``checkpoints/last.ckpt`` (every epoch; a run
 that is started again resumes from it), ``log/metrics.csv``, ``weights.safetensors`` (the final
 method and its input normaliser), ``calibration.json`` (the temperature fitted on the validation split, with
 ``evaluation.calibrate``) and ``metrics.json`` (written last: its presence marks a finished run).
+
+A run is checked completely (config, data, method) before its folder is created; the folder is locked while
+the run works in it; SIGTERM or SIGINT stop it resumably (:mod:`mimmo.interrupt`).
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
+import pickle
+import signal
 import time
+import zipfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +29,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
@@ -33,20 +42,31 @@ from mimmo.evaluation.evaluate import RAW, Readout, evaluate_readouts, predict_l
 from mimmo.evaluation.metrics import classification_metrics
 from mimmo.evaluation.probes import feature_reuse
 from mimmo.evaluation.pruning import can_prune, pruned_cost, pruned_weights
-from mimmo.io import read_json, write_json_atomic, write_text_atomic
-from mimmo.methods.base import Method, Progress, mixture_log_probs
+from mimmo.interrupt import Interrupted, SignalStop, StopAtBatchEnd, stop_on_signals
+from mimmo.methods.base import Method, Progress, is_integer, mixture_log_probs
 from mimmo.methods.registry import build_method
 from mimmo.models.backbone import backbone_input_shape
 from mimmo.models.registry import build_backbone_factory
+from mimmo.run_folder import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    LAST_CHECKPOINT,
+    LOG_DIR,
+    METRICS_FILE,
+    NON_SEMANTIC_KEYS,
+    WEIGHTS_FILE,
+    atomic_path,
+    is_rank_zero_launcher,
+    lock,
+    read_config,
+    read_metrics,
+    temporary_name,
+    write_json_atomic,
+    write_text_atomic,
+)
 from mimmo.training_step import CudaGraphs, GraphBackend, TrainingStep, prepare_optimizer
 
 log = logging.getLogger("mimmo")
-FORMAT_VERSION = 1
-# Settings that change where or how fast a run goes, not what it computes: ignored when a run is resumed. (The
-# memory layout and torch.compile keep the math; floating-point sums may round differently in the last digits.)
-NON_SEMANTIC_KEYS = ("output_dir", "data.root", "data.download", "train.progress_bar", "train.log_every_n_steps",
-                     "train.accelerator", "train.devices", "train.num_nodes", "train.strategy", "train.threads",
-                     "train.channels_last", "train.compile", "train.cuda_graphs")
 
 
 def model_input_shape(cfg: DictConfig, data_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -91,14 +111,17 @@ def build_method_from_config(cfg: DictConfig, data_shape: tuple[int, ...], num_c
 
 
 def validate_training(cfg: DictConfig) -> None:
+    """Refuse training settings outside what is allowed (before anything is built or written)."""
     train = cfg.train
+    lr = train.lr
     checks = [
-        (isinstance(train.epochs, int) and train.epochs >= 1,
+        (is_integer(train.epochs) and train.epochs >= 1,
          f"train.epochs must be an integer >= 1, got {train.epochs!r}"),
-        (isinstance(train.batch_size, int) and train.batch_size >= 1,
+        (is_integer(train.batch_size) and train.batch_size >= 1,
          f"train.batch_size must be an integer >= 1, got {train.batch_size!r}"),
-        (train.lr > 0, f"train.lr must be > 0, got {train.lr!r}"),
-        (isinstance(train.eval_batch_size, int) and train.eval_batch_size >= 1,
+        (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0,
+         f"train.lr must be a finite number > 0, got {lr!r}"),
+        (is_integer(train.eval_batch_size) and train.eval_batch_size >= 1,
          f"train.eval_batch_size must be an integer >= 1, got {train.eval_batch_size!r}"),
         (train.channels_last in (True, False, "auto"),
          f"train.channels_last must be true, false or auto, got {train.channels_last!r}"),
@@ -106,9 +129,10 @@ def validate_training(cfg: DictConfig) -> None:
          f"train.compile must be true or false, got {train.get('compile')!r}"),
         (train.get("cuda_graphs", "auto") in (True, False, "auto"),
          f"train.cuda_graphs must be true, false or auto, got {train.get('cuda_graphs')!r}"),
-        (isinstance(train.log_every_n_steps, int) and train.log_every_n_steps >= 1,
+        (is_integer(train.log_every_n_steps) and train.log_every_n_steps >= 1,
          f"train.log_every_n_steps must be an integer >= 1, got {train.log_every_n_steps!r}"),
         (cfg.data.name in DATASETS, f"unknown dataset {cfg.data.name!r}; choose one of {sorted(DATASETS)}"),
+        (is_integer(cfg.seed), f"seed must be an integer, got {cfg.seed!r}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -128,6 +152,34 @@ def cuda_graphs_available(device: torch.device, world_size: int) -> bool:
 def make_graph_backend(device: torch.device) -> GraphBackend:
     """How training steps are captured on ``device`` (tests put a stand-in here to run the graphed path on a CPU)."""
     return CudaGraphs(device)
+
+
+def check_data_fits(cfg: DictConfig, splits: Splits) -> None:
+    """Refuse training settings that the loaded data cannot satisfy."""
+    if cfg.train.batch_size > len(splits.train):
+        raise ValueError(f"train.batch_size must be <= the training split's {len(splits.train)} images "
+                         f"(data {cfg.data.name!r}, data.train_size={cfg.data.get('train_size')}), "
+                         f"got {cfg.train.batch_size}")
+
+
+def channels_last_is_safe(method: torch.nn.Module, input_channels: int) -> bool:
+    """False where PyTorch's CPU channels-last convolution is known to break: a convolution with one output
+    channel, or one input channel past the input images (e.g. model.width=0.0625), aborted the process with
+    glibc's ``free(): invalid next size`` or hung in the backward. A 1-channel input image is fine."""
+    for module in method.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            if module.out_channels == 1 or (module.in_channels == 1 and input_channels != 1):
+                return False
+    return True
+
+
+def prepare_run(cfg: DictConfig) -> tuple[Splits, Method]:
+    """Everything a run checks before its folder exists: the settings, the data (loaded and checked on load)
+    and the method built on it. ValueError (or FileNotFoundError for missing data) names what is wrong."""
+    validate_training(cfg)
+    splits = load_splits(cfg)
+    check_data_fits(cfg, splits)
+    return splits, build_method_from_config(cfg, splits.input_shape, splits.num_classes)
 
 
 class MethodModule(L.LightningModule):
@@ -191,9 +243,12 @@ class MethodModule(L.LightningModule):
 
     def uses_channels_last(self) -> bool:
         """``train.channels_last``: true, false, or auto (true on a CPU, where training measured 1.3-1.4x
-        faster in channels-last memory, benchmarks/README.md; false elsewhere)."""
+        faster in channels-last memory, benchmarks/README.md, unless the network has a layer where PyTorch's
+        CPU channels-last path is unsafe: :func:`channels_last_is_safe`; false elsewhere)."""
         setting = self.train_cfg.channels_last
-        return self.device.type == "cpu" if setting == "auto" else bool(setting)
+        if setting == "auto":
+            return self.device.type == "cpu" and channels_last_is_safe(self.method, self.data.input_shape[0])
+        return bool(setting)
 
     def on_fit_start(self) -> None:
         self.step, self.epoch_sums = None, None  # a new fit has a new optimiser: its step is made at the first batch
@@ -307,7 +362,7 @@ class AtomicCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that writes to a temporary file and renames it, so last.ckpt is never half-written."""
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        temporary = f"{filepath}.tmp"
+        temporary = temporary_name(filepath)
         trainer.save_checkpoint(temporary, self.save_weights_only)
         if trainer.is_global_zero:
             os.replace(temporary, filepath)
@@ -328,6 +383,17 @@ def semantic_config(cfg: DictConfig) -> dict[str, Any]:
     return data
 
 
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint, loaded with ``weights_only=True`` (tensors and plain types only: a crafted file
+    cannot run code); ValueError saying how to start over when it is truncated or corrupt."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        run_dir = path.parent.parent
+        raise ValueError(f"{path} is truncated or corrupt and cannot be resumed from ({str(error).splitlines()[0]}); "
+                         f"to start this run over, remove {path} (or the whole folder {run_dir})") from error
+
+
 def load_splits(cfg: DictConfig) -> Splits:
     return load_data(cfg.data, int(cfg.seed))
 
@@ -340,26 +406,24 @@ def input_spec(cfg: DictConfig) -> tuple[tuple[int, ...], int]:
 def save_weights(path: Path, method: Method, normalizer: Normalizer) -> None:
     tensors = {f"method.{k}": v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
     tensors |= {f"normalizer.{k}": v.detach().cpu().contiguous() for k, v in normalizer.state_dict().items()}
-    temporary = path.with_suffix(".tmp")
-    save_file(tensors, str(temporary))
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary))
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Method, Normalizer, DictConfig]:
     """Rebuild a trained method and its normaliser from a run folder (config.yaml + weights.safetensors)."""
     run_dir = Path(run_dir)
-    for name in ("config.yaml", "weights.safetensors"):
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir} is not a finished run: {name} is missing")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    assert isinstance(cfg, DictConfig)
-    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    cfg = read_config(run_dir)
+    metrics = read_metrics(run_dir) or {}
     if "data_shape" in metrics and "num_classes" in metrics:  # known without the data (a folder may be elsewhere)
         input_shape, num_classes = tuple(metrics["data_shape"]), int(metrics["num_classes"])
     else:
         input_shape, num_classes = input_spec(cfg)
     method = build_method_from_config(cfg, input_shape, num_classes)
-    tensors = load_file(str(run_dir / "weights.safetensors"))
+    tensors = load_file(str(run_dir / WEIGHTS_FILE))
     normalizer = Normalizer(torch.zeros(input_shape[0]), torch.ones(input_shape[0]), flattens_images(cfg, input_shape))
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
@@ -394,32 +458,62 @@ def trainer_strategy(train_cfg: DictConfig) -> str:
     return f"{strategy}_find_unused_parameters_true" if strategy in DDP_STRATEGIES else strategy
 
 
+def finished_metrics(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The metrics of ``run_dir`` if it holds this run finished; None if it is new or cut off; ValueError if it
+    holds another config or an unreadable file."""
+    if (run_dir / CONFIG_FILE).exists() and semantic_config(read_config(run_dir)) != semantic_config(cfg):
+        raise ValueError(f"{run_dir} holds a run with another config; choose another output_dir or remove it")
+    metrics = read_metrics(run_dir)
+    if metrics is not None:
+        log.info("%s already finished; skipping (remove %s to run it again)", run_dir, METRICS_FILE)
+    return metrics
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Train ``cfg`` into ``run_dir`` (resuming from its last checkpoint) and return its metrics."""
+    """Train ``cfg`` into ``run_dir`` (resuming from its last checkpoint) and return its metrics.
+
+    The config, the data and the method are checked before the folder is created (ValueError naming the bad
+    value); the folder is locked while the run works in it (:class:`~mimmo.run_folder.RunFolderBusy`); SIGTERM
+    and SIGINT raise :class:`~mimmo.interrupt.Interrupted` (training stops at the end of its current batch).
+    """
     run_dir = Path(run_dir)
-    metrics_path, config_path = run_dir / "metrics.json", run_dir / "config.yaml"
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    if config_path.exists():
-        saved = OmegaConf.load(config_path)
-        assert isinstance(saved, DictConfig)
-        if semantic_config(saved) != semantic_config(cfg):
-            raise ValueError(f"{run_dir} holds a run with another config; choose another output_dir or remove it")
-    if metrics_path.exists():
-        log.info("%s already finished; skipping (remove metrics.json to run it again)", run_dir)
-        return read_json(metrics_path)
-    check_data(cfg.data)  # before anything is written: a missing dataset is named with its path
-    configure_threads(cfg)
-    splits = load_splits(cfg)
-    method = build_method_from_config(cfg, splits.input_shape, splits.num_classes)
+    finished = finished_metrics(cfg, run_dir)
+    if finished is not None:
+        return finished
+    checkpoint = run_dir / LAST_CHECKPOINT
+    with stop_on_signals() as stop:
+        try:
+            configure_threads(cfg)
+            check_data(cfg.data)  # a missing dataset is named with its path
+            splits, method = prepare_run(cfg)
+            with lock(run_dir, "mimmo train") if is_rank_zero_launcher() else nullcontext():
+                finished = finished_metrics(cfg, run_dir)  # another process may have finished it meanwhile
+                if finished is not None:
+                    return finished
+                if checkpoint.exists():
+                    load_checkpoint(checkpoint)  # a truncated one is refused here, not inside Lightning
+                return _fit_and_finish(cfg, run_dir, splits, method, stop)
+        except Interrupted as error:
+            kept = (f"it keeps {checkpoint} (the last whole epoch)" if checkpoint.exists()
+                    else "it has no whole epoch yet")
+            raise Interrupted(error.signum, f"{error} while working on {run_dir} ({kept}): run the same command "
+                                            "again to resume") from None
+
+
+def _fit_and_finish(cfg: DictConfig, run_dir: Path, splits: Splits, method: Method, stop: SignalStop
+                    ) -> dict[str, Any]:
+    """Train (resuming from the last checkpoint), evaluate and write the run's files; the folder is locked."""
+    checkpoint = run_dir / LAST_CHECKPOINT
     normalizer = build_normalizer(cfg, splits.train.images)
-    write_text_atomic(config_path, OmegaConf.to_yaml(cfg, resolve=True))
+    write_text_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     module = MethodModule(method, normalizer, splits, cfg)
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
         num_nodes=cfg.train.num_nodes, strategy=trainer_strategy(cfg.train), precision=cfg.train.precision,
-        logger=ResumableCSVLogger(str(run_dir), name="log", version=""),
-        callbacks=[AtomicCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="last", save_top_k=1,
-                                    enable_version_counter=False, save_on_train_epoch_end=True)],
+        logger=ResumableCSVLogger(str(run_dir), name=LOG_DIR, version=""),
+        callbacks=[AtomicCheckpoint(dirpath=str(checkpoint.parent), filename=checkpoint.stem, save_top_k=1,
+                                    enable_version_counter=False, save_on_train_epoch_end=True),
+                   StopAtBatchEnd(stop)],
         enable_progress_bar=bool(cfg.train.progress_bar), enable_model_summary=False,
         log_every_n_steps=cfg.train.log_every_n_steps, num_sanity_val_steps=0,
         check_val_every_n_epoch=int(cfg.train.get("val_every_n_epochs", 1)), default_root_dir=str(run_dir))
@@ -429,7 +523,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     start = time.perf_counter()
     environment = {key: os.environ.get(key) for key in DDP_LAUNCH_ENVIRONMENT}
     try:
-        trainer.fit(module, ckpt_path=resume)
+        with stop.deferred():
+            trainer.fit(module, ckpt_path=resume, weights_only=True)
+    except SIGTERMException as error:  # Lightning's own SIGTERM stop (a bare SystemExit): not a finished run
+        raise Interrupted(stop.received or signal.SIGTERM) from error
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # (ddp) the next run in this process starts its own
@@ -445,11 +542,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     if not history and checkpoint.exists():
         # ddp_spawn trained in other processes: this process got the final weights back from rank 0 (Lightning
         # loads them into the module), but not the module's Python state; rank 0 saved it in the last checkpoint.
-        history = torch.load(checkpoint, map_location="cpu", weights_only=False).get("exit_weight_history", [])
+        history = load_checkpoint(checkpoint).get("exit_weight_history", [])
     # Lightning moves the module to the CPU after fit; evaluate on the device it trained on (rank 0's).
-    metrics = finish_run(run_dir, cfg, method, normalizer, splits, history, train_seconds,
-                         trainer.strategy.root_device)
-    return metrics
+    return finish_run(run_dir, cfg, method, normalizer, splits, history, train_seconds, trainer.strategy.root_device)
 
 
 def evaluate_model(cfg: DictConfig, method: Method, normalizer: Normalizer, splits: Splits,
@@ -502,9 +597,9 @@ def finish_run(run_dir: Path, cfg: DictConfig, method: Method, normalizer: Norma
     results = evaluate_model(cfg, method, normalizer, splits, device)
     results["exit_weights_history"] = exit_weight_history or None
     results["time"] = {"train_seconds": train_seconds, "evaluate_seconds": time.perf_counter() - start}
-    save_weights(run_dir / "weights.safetensors", method.cpu(), normalizer.cpu())
+    save_weights(run_dir / WEIGHTS_FILE, method.cpu(), normalizer.cpu())
     write_calibration_of(run_dir, results)
-    write_json_atomic(run_dir / "metrics.json", results)
+    write_json_atomic(run_dir / METRICS_FILE, results)
     return results
 
 
@@ -520,20 +615,24 @@ POSTHOC_SECTIONS = ("anytime", "pruned", "calibrated")
 
 
 def evaluate_run(run_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Evaluate a finished run folder again (e.g. after the evaluation changed) and update metrics.json."""
+    """Evaluate a finished run folder again (e.g. after the evaluation changed) and update metrics.json.
+
+    Its files are checked and its folder locked before any work: an unreadable metrics.json or config.yaml, a
+    missing weights file or a folder that cannot be written are refused up front."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    method, normalizer, cfg = load_run(run_dir, device)
-    splits = load_splits(cfg)
-    start = time.perf_counter()
-    results = evaluate_model(cfg, method, normalizer, splits, device)
-    previous = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
-    results["exit_weights_history"] = previous.get("exit_weights_history")
-    results["time"] = {**previous.get("time", {}), "evaluate_seconds": time.perf_counter() - start}
-    for section in POSTHOC_SECTIONS:
-        if section not in results and previous.get(section) is not None:
-            results[section] = previous[section]
-    write_calibration_of(run_dir, results)
-    write_json_atomic(run_dir / "metrics.json", results)
+    previous = read_metrics(run_dir) or {}
+    with lock(run_dir, "mimmo evaluate"), stop_on_signals():
+        method, normalizer, cfg = load_run(run_dir, device)
+        splits = load_splits(cfg)
+        start = time.perf_counter()
+        results = evaluate_model(cfg, method, normalizer, splits, device)
+        results["exit_weights_history"] = previous.get("exit_weights_history")
+        results["time"] = {**previous.get("time", {}), "evaluate_seconds": time.perf_counter() - start}
+        for section in POSTHOC_SECTIONS:
+            if section not in results and previous.get(section) is not None:
+                results[section] = previous[section]
+        write_calibration_of(run_dir, results)
+        write_json_atomic(run_dir / METRICS_FILE, results)
     return results

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mimmo.data.safe_pickle import safe_load
+
 
 @dataclass(frozen=True)
 class ImageSet:
@@ -48,6 +50,17 @@ class Splits:
     test: ImageSet
     num_classes: int
     class_names: tuple[str, ...] | None = None  # label k's name, for reports (None: the labels' numbers)
+
+    def __post_init__(self) -> None:
+        for part in ("train", "validation", "test"):
+            labels = getattr(self, part).labels
+            if len(labels) and not (int(labels.min()) >= 0 and int(labels.max()) < self.num_classes):
+                raise ValueError(f"{self.name}: the {part} labels must lie in [0, {self.num_classes - 1}] "
+                                 f"({self.num_classes} classes), got values from {int(labels.min())} to "
+                                 f"{int(labels.max())}")
+        shapes = {part.images.shape[1:] for part in (self.train, self.validation, self.test)}
+        if len(shapes) != 1:
+            raise ValueError(f"{self.name}: the train, validation and test images differ in shape: {sorted(shapes)}")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -149,9 +162,9 @@ def load_embedded(seed: int, validation_fraction: float = 0.1, test_fraction: fl
     _check_fraction("test_fraction", test_fraction)
     folder = importlib.resources.files("animal_shape_mnist") / "data" / "Animal Shape"
     with gzip.open(folder / "animal_data_version_3.gz", "rb") as f:  # type: ignore[arg-type]
-        images = np.asarray(pickle.load(f), dtype=np.uint8)
+        images = np.asarray(safe_load(f), dtype=np.uint8)
     with gzip.open(folder / "animal_label_version_3.gz", "rb") as f:  # type: ignore[arg-type]
-        labels = np.asarray(pickle.load(f), dtype=np.int64)
+        labels = np.asarray(safe_load(f), dtype=np.int64)
     _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)
     keep = np.sort(first)
     data = ImageSet(torch.from_numpy(images[keep][:, None].copy()), torch.from_numpy(labels[keep].copy()))
@@ -180,8 +193,11 @@ def _read_cifar_files(folder: Path, files: list[str], label_key: bytes) -> Image
             raise FileNotFoundError(f"expected the CIFAR file {path}, which does not exist. {CIFAR_HELP}")
         try:
             with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                batch = safe_load(f, encoding="bytes")
+            data = np.asarray(batch[b"data"], dtype=np.uint8)
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+                raise ValueError(f"b'data' must be an array of shape (N, 3072), got {data.shape}")
+            data = data.reshape(-1, 3, 32, 32)
             label = np.asarray(batch[label_key], dtype=np.int64)
         except (pickle.UnpicklingError, EOFError, KeyError, IndexError, AttributeError, ValueError, TypeError,
                 OverflowError, MemoryError) as error:

@@ -68,6 +68,16 @@ def per_sample_nll(logits: Tensor, targets: Tensor) -> Tensor:
                            reduction="none").view(targets.shape)
 
 
+def is_integer(value: object) -> bool:
+    """An int that is not a bool (YAML's ``true`` is a bool, and Python's bool is an int subclass)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: object) -> bool:
+    """An int or float that is not a bool, NaN or infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def require(condition: bool, message: str) -> None:
     """Raise ValueError with ``message`` unless ``condition`` holds (config validation at the boundary)."""
     if not condition:

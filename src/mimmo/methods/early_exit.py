@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mimmo.methods.base import LossOutput, Method, Prediction, Progress, require
+from mimmo.methods.base import LossOutput, Method, Prediction, Progress, is_finite_number, require
 from mimmo.methods.exits import StagedExits
 from mimmo.models.backbone import Backbone, BackboneFactory, check_backbone, first_layer
 
@@ -46,8 +46,10 @@ class EarlyExit(StagedExits, Method):
     def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int, gamma: float = 0.3,
                  alpha: float = 1.0) -> None:
         super().__init__()
-        require(gamma >= 0, f"gamma (exit width growth) must be >= 0, got {gamma!r}")
-        require(alpha >= 0, f"alpha (weight of the early exits' loss) must be >= 0, got {alpha!r}")
+        require(is_finite_number(gamma) and gamma >= 0,
+                f"gamma (exit width growth) must be a finite number >= 0, got {gamma!r}")
+        require(is_finite_number(alpha) and alpha >= 0,
+                f"alpha (weight of the early exits' loss) must be a finite number >= 0, got {alpha!r}")
         self.num_classes = num_classes
         self.gamma = float(gamma)
         self.alpha = float(alpha)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mimmo.methods.base import LossOutput, Method, Prediction, Progress, require
+from mimmo.methods.base import LossOutput, Method, Prediction, Progress, is_integer, require
 from mimmo.models.backbone import BackboneFactory, check_backbone
 
 
@@ -25,7 +25,7 @@ class Ensemble(Method):
     def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int,
                  num_members: int = 2) -> None:
         super().__init__()
-        require(isinstance(num_members, int) and num_members >= 1,
+        require(is_integer(num_members) and num_members >= 1,
                 f"num_members (ensemble size) must be an integer >= 1, got {num_members!r}")
         self.num_classes = num_classes
         self.num_members = num_members

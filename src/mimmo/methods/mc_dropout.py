@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mimmo.methods.base import LossOutput, Method, Prediction, Progress, require
+from mimmo.methods.base import LossOutput, Method, Prediction, Progress, is_finite_number, is_integer, require
 from mimmo.models.backbone import BackboneFactory, check_backbone, first_layer
 
 
@@ -51,9 +51,9 @@ class MCDropout(Method):
     def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int, p: float = 0.15,
                  num_samples: int = 10) -> None:
         super().__init__()
-        require(isinstance(p, int | float) and 0.0 <= p < 1.0,
+        require(is_finite_number(p) and 0.0 <= p < 1.0,
                 f"dropout rate p must lie in [0, 1), got {p!r}")
-        require(isinstance(num_samples, int) and num_samples >= 1,
+        require(is_integer(num_samples) and num_samples >= 1,
                 f"num_samples (test-time passes) must be an integer >= 1, got {num_samples!r}")
         self.num_classes = num_classes
         self.p = float(p)

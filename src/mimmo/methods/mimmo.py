@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mimmo.methods.base import LossOutput, Prediction, Progress, per_sample_nll, require
+from mimmo.methods.base import LossOutput, Prediction, Progress, is_finite_number, is_integer, per_sample_nll, require
 from mimmo.methods.exits import StagedExits
 from mimmo.methods.mimo import MultiInputMethod
 from mimmo.models.backbone import BackboneFactory, check_backbone
@@ -74,8 +74,9 @@ class MIMMO(StagedExits, MultiInputMethod):
                  warm_start_epochs: int = 0, prior: Sequence | Tensor | None = None,
                  optimise_depth: bool = True, per_exit_heads: bool = False) -> None:
         super().__init__(num_members, repetitions, input_repetition)
-        require(alpha >= 0, f"alpha (KL weight) must be >= 0, got {alpha!r}")
-        require(isinstance(warm_start_epochs, int) and warm_start_epochs >= 0,
+        require(is_finite_number(alpha) and alpha >= 0,
+                f"alpha (KL weight) must be a finite number >= 0, got {alpha!r}")
+        require(is_integer(warm_start_epochs) and warm_start_epochs >= 0,
                 f"warm_start_epochs must be an integer >= 0, got {warm_start_epochs!r}")
         self.num_classes = num_classes
         self.alpha = float(alpha)

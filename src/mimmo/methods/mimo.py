@@ -5,17 +5,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mimmo.methods.base import LossOutput, Method, Prediction, Progress, per_sample_nll, require
+from mimmo.methods.base import (
+    LossOutput,
+    Method,
+    Prediction,
+    Progress,
+    is_finite_number,
+    is_integer,
+    per_sample_nll,
+    require,
+)
 from mimmo.methods.repetition import member_indices
 from mimmo.models.backbone import BackboneFactory, check_backbone, first_layer
 
 
 def validate_multi_input(num_members: int, repetitions: int, input_repetition: float) -> None:
-    require(isinstance(num_members, int) and num_members >= 1,
+    require(is_integer(num_members) and num_members >= 1,
             f"num_members must be an integer >= 1, got {num_members!r}")
-    require(isinstance(repetitions, int) and repetitions >= 1,
+    require(is_integer(repetitions) and repetitions >= 1,
             f"repetitions (batch repetition R) must be an integer >= 1, got {repetitions!r}")
-    require(0.0 <= input_repetition <= 1.0,
+    require(is_finite_number(input_repetition) and 0.0 <= input_repetition <= 1.0,
             f"input_repetition (rho) must lie in [0, 1], got {input_repetition!r}")
 
 

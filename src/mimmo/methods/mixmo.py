@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mimmo.methods.base import LossOutput, Prediction, Progress, per_sample_nll, require
+from mimmo.methods.base import LossOutput, Prediction, Progress, is_finite_number, per_sample_nll, require
 from mimmo.methods.mimo import MultiInputMethod
 from mimmo.models.backbone import BackboneFactory, check_backbone
 
@@ -104,11 +104,13 @@ class MixMo(MultiInputMethod):
                  repetitions: int = 2, dirichlet_alpha: float = 2.0, cutmix_probability: float = 0.5,
                  decay_fraction: float = 1.0 / 12.0, r: float = 3.0) -> None:
         super().__init__(num_members, repetitions, input_repetition=0.0)
-        require(r > 0, f"r (loss-weight temperature) must be > 0, got {r!r}")
-        require(dirichlet_alpha > 0, f"dirichlet_alpha must be > 0, got {dirichlet_alpha!r}")
-        require(0.0 <= cutmix_probability <= 1.0,
+        require(is_finite_number(r) and r > 0, f"r (loss-weight temperature) must be a finite number > 0, got {r!r}")
+        require(is_finite_number(dirichlet_alpha) and dirichlet_alpha > 0,
+                f"dirichlet_alpha must be a finite number > 0, got {dirichlet_alpha!r}")
+        require(is_finite_number(cutmix_probability) and 0.0 <= cutmix_probability <= 1.0,
                 f"cutmix_probability must lie in [0, 1], got {cutmix_probability!r}")
-        require(0.0 <= decay_fraction <= 1.0, f"decay_fraction must lie in [0, 1], got {decay_fraction!r}")
+        require(is_finite_number(decay_fraction) and 0.0 <= decay_fraction <= 1.0,
+                f"decay_fraction must lie in [0, 1], got {decay_fraction!r}")
         self.num_classes = num_classes
         self.r = float(r)
         self.dirichlet_alpha = float(dirichlet_alpha)

@@ -16,20 +16,16 @@ from typing import Any
 
 import yaml
 
-FORMAT_VERSION = 1
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.yaml"
-# Flattened config keys that may differ between the seeds of one group: the seed itself, where things are
-# written or read from, and how the hardware is used (training.NON_SEMANTIC_KEYS plus data.root and the
-# evaluation batch size). Keys under "hydra." are ignored too.
-IGNORED_SETTINGS = frozenset({
-    "seed", "output_dir", "run_dir", "data.root", "train.progress_bar", "train.log_every_n_steps",
-    "train.accelerator", "train.devices", "train.num_nodes", "train.strategy", "train.threads",
-    "train.eval_batch_size"})
+from mimmo.run_folder import CONFIG_FILE, FORMAT_VERSION, METRICS_FILE, NON_SEMANTIC_KEYS
+
+# Flattened config keys that may differ between the seeds of one group: the seed itself, the settings that do
+# not change a result (run_folder.NON_SEMANTIC_KEYS), and the evaluation batch size. Keys under "hydra." are
+# ignored too.
+IGNORED_SETTINGS = frozenset({"seed", "train.eval_batch_size", *NON_SEMANTIC_KEYS})
 # Settings that may vary inside one (dataset, method, M): each value becomes its own group (a variant),
 # so that ablation sweeps (Fig. 5: alpha; Fig. 6: layers and width) can be reported together.
 ABLATION_SETTINGS = ("method.alpha", "model.layers", "model.planes", "model.width")
-REQUIRED_KEYS = ("method", "dataset", "num_members")
+REQUIRED_KEYS = ("method", "dataset", "num_members", "test")
 
 
 class SkippedRunsWarning(UserWarning):
@@ -147,6 +143,8 @@ def read_run(folder: Path) -> Run:
     missing = [key for key in REQUIRED_KEYS if metrics.get(key) is None]
     if missing:
         raise ValueError(f"{METRICS_FILE} lacks {missing}")
+    if not isinstance(metrics["test"], dict):
+        raise ValueError(f"{METRICS_FILE}: 'test' must be an object of metrics, got {metrics['test']!r}")
     config = metrics.get("config")
     if not isinstance(config, dict):
         config_path = folder / CONFIG_FILE
