@@ -302,7 +302,7 @@ class MethodModule(L.LightningModule):
             index = int((~finite).nonzero()[0, 0])
             raise FloatingPointError(
                 f"non-finite training loss ({losses[index].item()}) at epoch {self.current_epoch}, batch "
-                f"{first_batch + index}; the run stops here and its last good checkpoint is checkpoints/last.ckpt")
+                f"{first_batch + index}; the run stops here and its last good checkpoint is {LAST_CHECKPOINT}")
 
     def on_train_epoch_end(self) -> None:
         if self.epoch_sums is not None:  # the epoch's mean loss and logs, read on the host once

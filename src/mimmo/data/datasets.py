@@ -229,7 +229,7 @@ def _cifar_class_names(name: str, folder: Path, num_classes: int) -> tuple[str, 
     if not path.is_file():
         return None
     with open(path, "rb") as f:
-        names = pickle.load(f, encoding="bytes").get(key)
+        names = safe_load(f, encoding="bytes").get(key)
     if not isinstance(names, list) or len(names) != num_classes:
         raise ValueError(f"{path} does not list {num_classes} class names under {key!r}")
     return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
