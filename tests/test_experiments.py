@@ -145,7 +145,7 @@ def test_a_cut_off_grid_resumes_from_the_last_checkpoint(tmp_path, monkeypatch):
         cli_main(["grid", str(path)])
     [[run]] = grids.plan(grids.load_grid(str(path)))
     assert run.status == "partial" and not (run.folder / "metrics.json").exists()
-    assert torch.load(run.folder / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
+    assert torch.load(run.folder / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
 
     def record(self):
         epochs_started.append(self.current_epoch)
@@ -176,7 +176,7 @@ def test_strategy_finds_unused_parameters_under_ddp():
 
 def check_complete_run(folder: Path, world_size: int, epochs: int, cfg) -> dict:
     metrics = json.loads((folder / "metrics.json").read_text())
-    checkpoint = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
     weights = load_file(str(folder / "weights.safetensors"))
     # The final weights are the trained ones: rank 0's, as in its last checkpoint.
     assert set(weights) == set(checkpoint["state_dict"])

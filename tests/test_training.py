@@ -115,7 +115,7 @@ def test_the_csv_log_has_a_row_per_epoch(finished_run):
 
 def test_the_last_checkpoint_is_the_final_epoch(finished_run, batches_per_epoch):
     run_dir, _ = finished_run
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 2 * batches_per_epoch
     final = weights_of(run_dir)
     state = checkpoint["state_dict"]
@@ -210,7 +210,7 @@ def resumed_run(tmp_path_factory):
         with pytest.raises(CutOff):
             train(tiny(), run_dir)
     checkpoint_path = run_dir / "checkpoints" / "last.ckpt"
-    checkpoint = (torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    checkpoint = (torch.load(checkpoint_path, map_location="cpu", weights_only=True)
                   if checkpoint_path.is_file() else None)
     finished_before = (run_dir / "metrics.json").exists()
     with pytest.MonkeyPatch.context() as patch:
@@ -277,7 +277,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
         train(tiny(f"train.log_every_n_steps={check_every}"), tmp_path)
     assert len(calls) == batches_per_epoch + min(check_every * -(-3 // check_every), batches_per_epoch)
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "weights.safetensors").exists()
-    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 0
     cfg = OmegaConf.load(tmp_path / "config.yaml")
     method = training.build_method_from_config(cfg, (1, 28, 28), 10)
