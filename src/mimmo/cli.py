@@ -13,12 +13,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
 import warnings
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TypeVar
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -27,41 +24,11 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from mimmo.config import CONFIG_DIR, compose
-from mimmo.run_folder import RunFolderBusy, register_resolvers
+from mimmo.errors import run_reporting_errors
+from mimmo.run_folder import register_resolvers
 
 register_resolvers()
 
-# Errors that mean "this input is not allowed" (exit status 2), not a bug in mimmo.
-REFUSALS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, RunFolderBusy,
-            HydraException, OmegaConfBaseException)
-T = TypeVar("T")
-
-
-def debugging() -> bool:
-    """``--debug`` on the command line (see :func:`main`) or MIMMO_DEBUG=1: tracebacks for refusals too."""
-    return os.environ.get("MIMMO_DEBUG", "") not in ("", "0")
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-def run_reporting_errors(command: str, action: Callable[[], T]) -> T:
-    """Run ``action``; a refusal becomes one line on stderr and exit status 2, a signal stop 128 + its number,
-    a non-finite loss status 1 (each with the traceback under ``--debug``)."""
-    from mimmo.interrupt import Interrupted
-
-    try:
-        return action()
-    except (Interrupted, *REFUSALS, FloatingPointError) as error:
-        if isinstance(error, Interrupted):
-            code, message = error.exit_code, str(error)
-        else:
-            code, message = (1 if isinstance(error, FloatingPointError) else 2), one_line(error)
-        if debugging():
-            traceback.print_exception(error)
-        print(f"mimmo {command}: {message}", file=sys.stderr)
-        raise SystemExit(code) from None
 
 
 
@@ -115,9 +82,7 @@ def _train_main(cfg: DictConfig) -> float | None:
 def check_data_before_start(overrides: list[str]) -> None:
     """Before Hydra makes any run folder: every run's data is there (or will be downloaded); SystemExit naming
     the dataset and the path otherwise. Each distinct data config of a ``--multirun`` sweep is checked once."""
-    from hydra.errors import HydraException
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
     from mimmo.data.registry import check_data
     from mimmo.grid import expand

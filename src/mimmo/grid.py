@@ -338,7 +338,7 @@ def main(argv: Sequence[str], train: Callable[[list[str]], None] | None = None) 
         return
     if not positional or positional[0].startswith("-"):
         raise SystemExit(USAGE + f"\nmimmo grid: give a grid name; one of {sorted(available_grids())}")
-    from mimmo.cli import run_reporting_errors
+    from mimmo.errors import run_reporting_errors
 
     run_reporting_errors("grid", lambda: run_grid(positional[0], positional[1:], dry_run="--dry-run" in flags,
                                                      train=train))
