@@ -22,9 +22,9 @@ from mimmo.config import compose
 from mimmo.data.datasets import ImageSet, load_embedded
 from mimmo.data.loader import BatchLoader
 from mimmo.evaluation.metrics import classification_metrics
-from mimmo.io import read_json
 from mimmo.methods.base import LossOutput
 from mimmo.methods.mimmo import MIMMO
+from mimmo.run_folder import read_json
 from mimmo.training import MethodModule, load_run, train
 
 TINY = ["model.planes=[4,4,4,4]", "model.layers=[1,1,1,1]", "model.stem_channels=4", "data.train_size=256",
