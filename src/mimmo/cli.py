@@ -20,7 +20,10 @@ _invoked_as = sys.argv[0]  # the script that started this process (mimmo's conso
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def _train_main(cfg: DictConfig) -> float | None:
+    from mimmo.console import configure_console
     from mimmo.training import train
+
+    configure_console()  # after Hydra configured this job's logging (in every process of a sweep)
 
     # Lightning's DDP launcher (train.strategy=ddp) starts ranks 1.. by running this process's command line
     # again (plus hydra.run.dir=<this run's folder>): make that command line this one run, `mimmo train <its
@@ -60,6 +63,11 @@ def check_data_before_start(overrides: list[str]) -> None:
 
 
 def train_command(overrides: list[str]) -> None:
+    if "--help" in overrides or "-h" in overrides:
+        from mimmo.cli_help import train_help
+
+        print(train_help())
+        return
     check_data_before_start(overrides)
     saved = sys.argv
     sys.argv = ["mimmo train", *overrides]
@@ -97,6 +105,11 @@ def cost_command(overrides: list[str]) -> None:
     from mimmo.evaluation.cost import count_cost
     from mimmo.training import build_method_from_config, input_spec, model_input_shape
 
+    if "--help" in overrides or "-h" in overrides:
+        from mimmo.cli_help import COST_HELP
+
+        print(COST_HELP)
+        return
     if "--table" in overrides:
         cost_table_command(overrides)
         return
@@ -109,27 +122,51 @@ def cost_command(overrides: list[str]) -> None:
           f"({cost.flops:,} FLOPs, {cost.params:,} params; one test-time prediction, paper convention)")
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="mimmo", description=__doc__,
+def best_device(name: str = "auto") -> str:
+    """``auto``: the first CUDA device where there is one, else the CPU; any other name is kept as given."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mimmo import __version__
+    from mimmo.cli_help import DEMO_EPILOG, DESCRIPTION, EPILOG, EVALUATE_EPILOG, REPORT_EPILOG
+
+    def command(name: str, help: str, epilog: str | None = None, **options: bool) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, epilog=epilog,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, **options)
+
+    parser = argparse.ArgumentParser(prog="mimmo", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("train", help="train one run (or a grid with --multirun); Hydra overrides follow",
-                        add_help=False)
-    commands.add_parser("cost", help="FLOPs and params of one test-time prediction; Hydra overrides follow",
-                        add_help=False)
-    evaluate = commands.add_parser("evaluate", help="evaluate a finished run folder again")
-    evaluate.add_argument("run_dir")
-    evaluate.add_argument("--device", default="cpu")
-    report = commands.add_parser("report", help="tables and figures from saved run folders (never retrains)")
+    parser.add_argument("--version", action="version", version=f"mimmo {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Lightning's info lines and the libraries' warnings (any command)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    command("train", "train one run (or a sweep with --multirun); Hydra overrides follow", add_help=False)
+    command("grid", "run a named grid of trainings (configs/grid/); --list, --dry-run", add_help=False)
+    evaluate = command("evaluate", "evaluate a finished run folder again (clean and shifted test sets)",
+                       EVALUATE_EPILOG)
+    evaluate.add_argument("run_dir", help="a run folder (holds config.yaml and weights.safetensors)")
+    evaluate.add_argument("--device", default="auto",
+                          help="cpu, cuda, cuda:1, ...; auto (default): cuda where available, else cpu")
+    command("cost", "FLOPs and params of one test-time prediction; Hydra overrides follow", add_help=False)
+    report = command("report", "tables and figures from saved run folders (never retrains)", REPORT_EPILOG)
     report.add_argument("paths", nargs="+", help="run folders, or folders that contain run folders")
-    report.add_argument("--out", default="reports", help="where the tables and figures go")
-    report.add_argument("--no-figures", action="store_true")
-    commands.add_parser("grid", help="run a named grid of trainings (configs/grid/); --list, --dry-run",
-                        add_help=False)
-    demo = commands.add_parser("demo", help="train Base, MIMO and MIMMO on the embedded data; print a table")
-    demo.add_argument("--output-dir", default="runs/demo")
+    report.add_argument("--out", default="reports", help="where the tables and figures go (default reports)")
+    report.add_argument("--no-figures", action="store_true", help="tables only")
+    demo = command("demo", "train Base, MIMO and MIMMO (M=2) on the embedded data; print a table", DEMO_EPILOG)
+    demo.add_argument("--output-dir", default="runs/demo", help="where the demo's runs go (default runs/demo)")
     demo.add_argument("--epochs", type=int, default=None, help="override the fast preset's epochs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from mimmo.console import pop_verbose
+
+    argv = pop_verbose(list(sys.argv[1:] if argv is None else argv))
     if argv and argv[0] == "grid":
         from mimmo.grid import main as grid_main
 
@@ -142,22 +179,25 @@ def main(argv: list[str] | None = None) -> None:
         else:
             cost_command(rest)
         return
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "evaluate":
+        from mimmo.console import configure_console, run_summary
         from mimmo.training import evaluate_run
 
-        results = evaluate_run(args.run_dir, device=args.device)
-        test, shifted = results["test"], results["shifted"]
-        print(f"{args.run_dir}: test accuracy {test['accuracy']:.4f}, NLL {test['nll']:.4f}, ECE {test['ece']:.4f}, "
-              f"Brier {test['brier']:.5f}" + ("" if shifted is None else
-              f"; shifted mean accuracy {shifted['summary']['accuracy']['mean']:.4f}") + " (metrics.json updated)")
+        configure_console()
+        device = best_device(args.device)
+        print(f"evaluating {args.run_dir} on {device}", flush=True)
+        results = evaluate_run(args.run_dir, device=device)
+        print(run_summary(args.run_dir, results) + "\n(metrics.json updated)")
     elif args.command == "report":
         from mimmo.report import report as make_report
 
         print(make_report(args.paths, args.out, figures=not args.no_figures))
     elif args.command == "demo":
+        from mimmo.console import configure_console
         from mimmo.demo import run_demo
 
+        configure_console()
         run_demo(args.output_dir, args.epochs)
 
 

@@ -23,6 +23,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
+from mimmo.console import run_summary
 from mimmo.data.datasets import ImageSet, Normalizer, Splits
 from mimmo.data.loader import BatchLoader
 from mimmo.data.registry import DATASETS, check_data, dataset_shape, load_data
@@ -402,8 +403,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         if semantic_config(saved) != semantic_config(cfg):
             raise ValueError(f"{run_dir} holds a run with another config; choose another output_dir or remove it")
     if metrics_path.exists():
-        log.info("%s already finished; skipping (remove metrics.json to run it again)", run_dir)
-        return read_json(metrics_path)
+        metrics = read_json(metrics_path)
+        log.info("%s\n(remove its metrics.json to run it again)", run_summary(run_dir, metrics, reused=True))
+        return metrics
     check_data(cfg.data)  # before anything is written: a missing dataset is named with its path
     configure_threads(cfg)
     splits = load_splits(cfg)
@@ -421,8 +423,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         log_every_n_steps=cfg.train.log_every_n_steps, num_sanity_val_steps=0,
         check_val_every_n_epoch=int(cfg.train.get("val_every_n_epochs", 1)), default_root_dir=str(run_dir))
     resume = str(checkpoint) if checkpoint.exists() else None
-    if resume:
-        log.info("resuming %s from %s", run_dir, checkpoint)
+    log.info("training %s on %s for %d epochs into %s%s", cfg.method.name, cfg.data.name, cfg.train.epochs, run_dir,
+             f" (resuming from {checkpoint})" if resume else "")
     start = time.perf_counter()
     environment = {key: os.environ.get(key) for key in DDP_LAUNCH_ENVIRONMENT}
     try:
@@ -446,6 +448,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     # Lightning moves the module to the CPU after fit; evaluate on the device it trained on (rank 0's).
     metrics = finish_run(run_dir, cfg, method, normalizer, splits, history, train_seconds,
                          trainer.strategy.root_device)
+    log.info("%s", run_summary(run_dir, metrics))
     return metrics
 
 
@@ -458,6 +461,10 @@ def evaluate_model(cfg: DictConfig, method: Method, normalizer: Normalizer, spli
     batch = int(cfg.train.eval_batch_size)
     evaluation = evaluate_method(method, splits.test, normalizer, batch, device, shift_seed=int(cfg.seed),
                                  shifted=bool(cfg.evaluation.shifted))
+    log.info("evaluation: validation set (%d images) ...", len(splits.validation.labels))
+    validation = classification_metrics(
+        predict_log_probs(method, splits.validation.images, normalizer, batch, device), splits.validation.labels)
+    log.info("evaluation: cost and feature-reuse probe ...")
     weights = method.exit_weights()
     cost = count_cost(method, model_input_shape(cfg, splits.input_shape))
     return {
@@ -467,8 +474,7 @@ def evaluate_model(cfg: DictConfig, method: Method, normalizer: Normalizer, spli
         "num_members": method.num_members, "num_exits": method.num_exits, "seed": int(cfg.seed),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "test": evaluation["test"], "shifted": evaluation["shifted"],
-        "validation": classification_metrics(
-            predict_log_probs(method, splits.validation.images, normalizer, batch, device), splits.validation.labels),
+        "validation": validation,
         "cost": {"flops": cost.flops, "params": cost.params},
         "exit_weights": None if weights is None else weights.cpu().tolist(),
         "feature_reuse": feature_reuse(method),

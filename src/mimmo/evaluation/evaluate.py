@@ -7,6 +7,7 @@ probabilities (N, K) and the members' own mixtures (N, M, K) of one set are kept
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mimmo.data.datasets import ImageSet, Normalizer
-from mimmo.data.shifts import apply_shift, set_name, shifted_sets
+from mimmo.data.shifts import SHIFTS, apply_shift, set_name, shifted_sets
 from mimmo.evaluation.metrics import (
     classification_metrics,
     member_log_probs,
@@ -25,6 +26,7 @@ from mimmo.evaluation.metrics import (
 )
 from mimmo.methods.base import mixture_log_probs
 
+log = logging.getLogger(__name__)
 Transform = Callable[[Tensor, Tensor], Tensor]  # ([0, 1] images (B, C, H, W), their indices (B,)) -> images
 
 
@@ -120,9 +122,11 @@ def evaluate_method(method: nn.Module, data: ImageSet, normalizer: Normalizer, b
     member_accuracy, member_nll and disagreement.
     """
     targets = data.labels
+    log.info("evaluation: clean test set (%d images) ...", len(data))
     clean = predict(method, data.images, normalizer, batch_size, device)
     results: dict = {"test": set_metrics(clean, targets, reliability=True), "shifted": None}
     if shifted:
+        log.info("evaluation: %d shifted test sets (%s; 5 levels each) ...", len(shifted_sets()), ", ".join(SHIFTS))
         sets = {}
         for kind, level in shifted_sets():
             def transform(x: Tensor, index: Tensor, kind: str = kind, level: float = level) -> Tensor:
