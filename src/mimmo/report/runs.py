@@ -25,7 +25,7 @@ CONFIG_FILE = "config.yaml"
 IGNORED_SETTINGS = frozenset({
     "seed", "output_dir", "run_dir", "data.root", "train.progress_bar", "train.log_every_n_steps",
     "train.accelerator", "train.devices", "train.num_nodes", "train.strategy", "train.threads",
-    "train.channels_last", "train.compile", "train.eval_batch_size"})
+    "train.channels_last", "train.compile", "train.cuda_graphs", "train.eval_batch_size"})
 # Settings outside method.* that may vary inside one table: each value becomes its own group (a row, a variant),
 # so that ablation sweeps (Fig. 5: alpha; Fig. 6: layers and width) can be reported together.
 ABLATION_SETTINGS = ("method.alpha", "model.layers", "model.planes", "model.width")
