@@ -167,3 +167,9 @@ def test_one_colour_and_marker_per_method_across_figures(runs_dir: Path, tmp_pat
     for method in ("mimo", "mimmo"):
         assert shift[method_marker(method)] == cost[method_marker(method)] == {to_rgba(method_colour(method))}
     assert shift[method_marker("base")] == {to_rgba(method_colour("base"))} and method_marker("base") not in cost
+
+
+def test_demo_refuses_too_few_epochs_before_training_anything(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "train", lambda cfg, run_dir: pytest.fail("nothing may train"))
+    with pytest.raises(ValueError, match=r"warm_start_epochs \(1\) must be < train.epochs \(1\)"):
+        demo.run_demo(tmp_path, epochs=1)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from mimmo.config import compose
 from mimmo.console import format_duration
-from mimmo.training import semantic_config, train
+from mimmo.training import semantic_config, train, validate_training
 
 DEMO_METHODS = ("base", "mimo", "mimmo")
 
@@ -47,12 +47,15 @@ def run_demo(output_dir: str | Path = "runs/demo", epochs: int | None = None, se
              extra_overrides: list[str] | None = None) -> str:
     """Train the demo's three methods into ``output_dir`` (one folder per configuration) and return (and
     print) the table."""
-    rows = []
-    for index, name in enumerate(DEMO_METHODS, start=1):
+    configs = []
+    for name in DEMO_METHODS:
         overrides = ["experiment=fast", f"method={name}", f"seed={seed}", *(extra_overrides or [])]
         if epochs is not None:
             overrides.append(f"train.epochs={epochs}")
-        cfg = compose(overrides)
+        configs.append(compose(overrides))
+        validate_training(configs[-1])  # every run's settings checked before the first one trains
+    rows = []
+    for index, (name, cfg) in enumerate(zip(DEMO_METHODS, configs, strict=True), start=1):
         run_dir = Path(output_dir) / run_folder_name(cfg)
         finished = (run_dir / "metrics.json").exists()
         print(f"[demo {index}/{len(DEMO_METHODS)}] {name}: "
