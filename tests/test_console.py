@@ -132,14 +132,14 @@ def test_demo_folders_per_configuration_and_reused_runs(tmp_path, monkeypatch, c
         return metrics
 
     monkeypatch.setattr(demo, "train", fake_train)
-    first = demo.run_demo(tmp_path, epochs=1)
-    assert len(trained) == 3 and all(p.name.endswith(p.name[-8:]) and "_epochs=1_" in p.name for p in trained)
-    assert "reused" not in first and "| 1 |" in first
-    second = demo.run_demo(tmp_path, epochs=2)
+    first = demo.run_demo(tmp_path, epochs=2)
+    assert len(trained) == 3 and all("_epochs=2_" in p.name for p in trained)
+    assert "reused" not in first and "| 2 |" in first
+    second = demo.run_demo(tmp_path, epochs=3)
     assert len(trained) == 6 and not set(trained[:3]) & set(trained[3:])
     assert "reused" not in second
     monkeypatch.setattr(demo, "train", lambda cfg, run_dir: json.loads((Path(run_dir) / "metrics.json").read_text()))
-    third = demo.run_demo(tmp_path, epochs=1)
+    third = demo.run_demo(tmp_path, epochs=2)
     assert [line.split(" | ")[-1] for line in third.splitlines()[2:]] == ["reused |"] * 3
     assert "[demo 1/3] base: finished before, reused" in capsys.readouterr().out
 
