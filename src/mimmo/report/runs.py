@@ -23,7 +23,7 @@ CONFIG_FILE = "config.yaml"
 # written or read from, and how the hardware is used (training.NON_SEMANTIC_KEYS plus data.root and the
 # evaluation batch size). Keys under "hydra." are ignored too.
 IGNORED_SETTINGS = frozenset({
-    "seed", "output_dir", "run_dir", "data.root", "train.progress_bar", "train.log_every_n_steps",
+    "seed", "output_dir", "run_dir", "data.root", "data.download", "train.progress_bar", "train.log_every_n_steps",
     "train.accelerator", "train.devices", "train.num_nodes", "train.strategy", "train.threads",
     "train.channels_last", "train.compile", "train.cuda_graphs", "train.eval_batch_size"})
 # Settings outside method.* that may vary inside one table: each value becomes its own group (a row, a variant),
