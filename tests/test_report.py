@@ -23,7 +23,7 @@ from mimmo.report.figures import (
     shift_figure,
 )
 from mimmo.report.runs import SkippedRunsWarning, group_runs, load_runs, mean_std
-from mimmo.report.tables import build_tables, to_csv, to_latex, to_markdown, write_tables
+from mimmo.report.tables import build_tables, row_label, to_csv, to_latex, to_markdown, write_tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -105,14 +105,14 @@ EXPECTED_TABLE = """\
 | Method | Accuracy | NLL | ECE | Brier ×10³ | FLOPs [M] | Params [M] |
 |:--|--:|--:|--:|--:|--:|--:|
 | Base | 0.52 ± 0.02 | 3.94 ± 0.02 | 0.36 ± 0.00 | 8.00 ± 0.20 | 109.85 | 1.76 |
-| MIMO | 0.47 ± 0.00 | 3.53 ± 0.00 | 0.22 ± 0.00 | 7.52 ± 0.00 | 110.35 | 1.81 |
+| MIMO | 0.47 | 3.53 | 0.22 | 7.52 | 110.35 | 1.81 |
 | MIMMO | **0.61 ± 0.01** | **1.50 ± 0.01** | **0.14 ± 0.00** | **5.22 ± 0.02** | 172.82 | 2.04 |
 | *Shifted test sets (mean over the 25 sets)* | | | | | | |
 | Base | 0.25 ± 0.01 | 7.88 ± 0.04 | 0.72 ± 0.00 | 12.00 ± 0.30 | 109.85 | 1.76 |
-| MIMO | 0.21 ± 0.00 | 7.06 ± 0.00 | 0.44 ± 0.00 | 11.28 ± 0.00 | 110.35 | 1.81 |
+| MIMO | 0.21 | 7.06 | 0.44 | 11.28 | 110.35 | 1.81 |
 | MIMMO | **0.32 ± 0.01** | **3.00 ± 0.02** | **0.28 ± 0.00** | **7.83 ± 0.03** | 172.82 | 2.04 |
 
-Mean ± std (population) over seeds; seeds per row: Base 2, MIMO 1, MIMMO 2.
+Mean ± std (population) over seeds (a row with one seed shows no std); seeds per row: Base 2, MIMO 1, MIMMO 2.
 """
 
 
@@ -158,11 +158,35 @@ def test_paper_order_and_base_in_every_table(runs_dir: Path):
     assert second_column == ["| Base", "| MIMMO"]
 
 
-def test_mismatched_settings_raise_naming_the_key(runs_dir: Path):
-    write_run(runs_dir / "mimo" / "1", "mimo", 2, 1, results(0.47, 3.5, 0.2, 0.0075), 0.2, 110_350_000,
-              1_810_000, train__lr=0.01)
-    with pytest.raises(ValueError, match=r"mimo on embedded with M=2.*train\.lr: 0\.005.* vs 0\.01"):
-        group_runs(load_runs([runs_dir]))
+def test_runs_differing_in_a_setting_make_one_table_per_setting(runs_dir: Path, tmp_path: Path):
+    """Runs at other epochs do not stop the report: they get their own table, named after the setting."""
+    write_run(runs_dir / "mimo_long" / "0", "mimo", 2, 0, results(0.55, 3.0, 0.2, 0.0070), 0.25, 110_350_000,
+              1_810_000, train__epochs=10)
+    write_run(runs_dir / "base_long" / "0", "base", 1, 0, results(0.56, 3.1, 0.3, 0.0075), 0.26, 109_852_872,
+              1_756_340, train__epochs=10)
+    groups = group_runs(load_runs([runs_dir]))
+    assert {g.context for g in groups} == {(("train.epochs", 2),), (("train.epochs", 10),)}
+    tables = build_tables(groups)
+    assert [(t.title, [row_label(g, t) for g in t.groups]) for t in tables] == [
+        ("embedded, M = 2 (train.epochs=2)", ["Base", "MIMO", "MIMMO"]),
+        ("embedded, M = 2 (train.epochs=10)", ["Base", "MIMO"])]
+    text = report([runs_dir], tmp_path / "report")
+    assert "### embedded, M = 2 (train.epochs=10)" in text
+    assert "| MIMO | 0.55 | **3.00** |" in text  # one seed: no ± std
+    assert "One seed per row (no std)." in text
+    files = {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"table_embedded_M2_train.epochs=2.md", "table_embedded_M2_train.epochs=10.csv"} <= files
+    csv_text = (tmp_path / "report" / "table_embedded_M2_train.epochs=10.csv").read_text()
+    assert csv_text.splitlines()[1].endswith(",train.epochs=10")
+
+
+def test_a_method_setting_that_varies_becomes_rows(runs_dir: Path):
+    write_run(runs_dir / "mimo_rho" / "0", "mimo", 2, 0, results(0.5, 3.4, 0.2, 0.0074), 0.22, 110_350_000,
+              1_810_000, method__input_repetition=0.5)
+    tables = build_tables(group_runs(load_runs([runs_dir])))
+    assert len(tables) == 1
+    assert [row_label(g, tables[0]) for g in tables[0].groups] == [
+        "Base", "MIMO (method.input_repetition=0.5)", "MIMO (method.input_repetition=None)", "MIMMO"]
 
 
 def test_ablation_settings_become_rows(runs_dir: Path):

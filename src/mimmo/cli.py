@@ -69,7 +69,10 @@ _invoked_as = sys.argv[0]  # the script that started this process (mimmo's conso
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def _train_main(cfg: DictConfig) -> float | None:
+    from mimmo.console import configure_console
     from mimmo.training import train
+
+    configure_console()  # after Hydra configured this job's logging (in every process of a sweep)
 
     # Lightning's DDP launcher (train.strategy=ddp) starts ranks 1.. by running this process's command line
     # again (plus hydra.run.dir=<this run's folder>): make that command line this one run, `mimmo train <its
@@ -108,6 +111,11 @@ def check_data_before_start(overrides: list[str]) -> None:
 
 def train_command(overrides: list[str]) -> None:
     """``mimmo train <overrides>``: every run checked first, then Hydra's entry point (its launchers, DDP)."""
+    if "--help" in overrides or "-h" in overrides:
+        from mimmo.cli_help import train_help
+
+        print(train_help())
+        return
     from mimmo.run_folder import is_rank_zero_launcher, lock
 
     hydra_flags = [o for o in overrides if o.startswith("-") and o not in ("--multirun", "-m")]
@@ -178,6 +186,11 @@ def cost_command(overrides: list[str]) -> None:
     from mimmo.evaluation.cost import count_cost
     from mimmo.training import build_method_from_config, input_spec, model_input_shape
 
+    if "--help" in overrides or "-h" in overrides:
+        from mimmo.cli_help import COST_HELP
+
+        print(COST_HELP)
+        return
     if "--table" in overrides:
         cost_table_command(overrides)
         return
@@ -220,41 +233,66 @@ def posthoc_evaluate(args: argparse.Namespace) -> None:
                   f"{row['seconds_per_image'] * 1e3:.3f} ms/image")
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--debug" in argv:
-        argv = [a for a in argv if a != "--debug"]
-        os.environ["MIMMO_DEBUG"] = "1"  # also for the processes a DDP launcher starts
-    parser = argparse.ArgumentParser(prog="mimmo", description=__doc__,
+def best_device(name: str = "auto") -> str:
+    """``auto``: the first CUDA device where there is one, else the CPU; any other name is kept as given."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mimmo import __version__
+    from mimmo.cli_help import DEMO_EPILOG, DESCRIPTION, EPILOG, EVALUATE_EPILOG, REPORT_EPILOG
+
+    def command(name: str, help: str, epilog: str | None = None, **options: bool) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, epilog=epilog,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, **options)
+
+    parser = argparse.ArgumentParser(prog="mimmo", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("train", help="train one run (or a grid with --multirun); Hydra overrides follow",
-                        add_help=False)
-    commands.add_parser("cost", help="FLOPs and params of one test-time prediction; Hydra overrides follow",
-                        add_help=False)
-    evaluate = commands.add_parser(
-        "evaluate", help="evaluate a finished run folder again (or, with --anytime / --prune-exits, add only those)")
-    evaluate.add_argument("run_dir")
-    evaluate.add_argument("--device", default="cpu")
+    parser.add_argument("--version", action="version", version=f"mimmo {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Lightning's info lines and the libraries' warnings (any command)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    command("train", "train one run (or a sweep with --multirun); Hydra overrides follow", add_help=False)
+    command("grid", "run a named grid of trainings (configs/grid/); --list, --dry-run", add_help=False)
+    evaluate = command("evaluate", "evaluate a finished run folder again (clean and shifted test sets)",
+                       EVALUATE_EPILOG)
+    evaluate.add_argument("run_dir", help="a run folder (holds config.yaml and weights.safetensors)")
+    evaluate.add_argument("--device", default="auto",
+                          help="cpu, cuda, cuda:1, ...; auto (default): cuda where available, else cpu")
     evaluate.add_argument("--anytime", action="store_true",
                           help="only sweep the anytime thresholds (exit methods) into metrics.json's 'anytime' table")
     evaluate.add_argument("--thresholds", type=_thresholds, default=None,
                           help="comma-separated anytime thresholds in [0, 1] (default: 0,0.5,...,0.999,1)")
     evaluate.add_argument("--prune-exits", type=float, default=None, metavar="EPS",
                           help="only evaluate the network with exits whose weight is < EPS dropped ('pruned')")
-    calibrate = commands.add_parser("calibrate", help="fit a temperature on the validation split of finished runs "
-                                    "and add the calibrated metrics to their metrics.json")
+    calibrate = command("calibrate", "fit a temperature on the validation split of finished runs and add the "
+                        "calibrated metrics to their metrics.json")
     calibrate.add_argument("run_dirs", nargs="+")
-    calibrate.add_argument("--device", default="cpu")
-    report = commands.add_parser("report", help="tables and figures from saved run folders (never retrains)")
+    calibrate.add_argument("--device", default="auto",
+                           help="cpu, cuda, ...; auto (default): cuda where available, else cpu")
+    command("cost", "FLOPs and params of one test-time prediction; Hydra overrides follow", add_help=False)
+    report = command("report", "tables and figures from saved run folders (never retrains)", REPORT_EPILOG)
     report.add_argument("paths", nargs="+", help="run folders, or folders that contain run folders")
-    report.add_argument("--out", default="reports", help="where the tables and figures go")
-    report.add_argument("--no-figures", action="store_true")
-    commands.add_parser("grid", help="run a named grid of trainings (configs/grid/); --list, --dry-run",
-                        add_help=False)
-    demo = commands.add_parser("demo", help="train Base, MIMO and MIMMO on the embedded data; print a table")
-    demo.add_argument("--output-dir", default="runs/demo")
-    demo.add_argument("--epochs", type=int, default=None, help="override the fast preset's epochs")
+    report.add_argument("--out", default="reports", help="where the tables and figures go (default reports)")
+    report.add_argument("--no-figures", action="store_true", help="tables only")
+    demo = command("demo", "train Base, MIMO and MIMMO (M=2) on the embedded data; print a table", DEMO_EPILOG)
+    demo.add_argument("--output-dir", default="runs/demo", help="where the demo's runs go (default runs/demo)")
+    demo.add_argument("--epochs", type=int, default=None,
+                      help="override the fast preset's 5 epochs (at least 2: MIMMO's warm start takes 1)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from mimmo.console import pop_verbose
+
+    argv = pop_verbose(list(sys.argv[1:] if argv is None else argv))
+    if "--debug" in argv:
+        argv = [a for a in argv if a != "--debug"]
+        os.environ["MIMMO_DEBUG"] = "1"  # also for the processes a DDP launcher starts
     if argv and argv[0] == "grid":
         from mimmo.grid import main as grid_main
 
@@ -267,17 +305,19 @@ def main(argv: list[str] | None = None) -> None:
         else:
             run_reporting_errors("cost", lambda: cost_command(rest))
         return
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if args.command in ("evaluate", "calibrate"):
+        args.device = best_device(args.device)
     if args.command == "evaluate" and (args.anytime or args.prune_exits is not None):
         posthoc_evaluate(args)
     elif args.command == "evaluate":
+        from mimmo.console import configure_console, run_summary
         from mimmo.training import evaluate_run
 
+        configure_console()
+        print(f"evaluating {args.run_dir} on {args.device}", flush=True)
         results = run_reporting_errors("evaluate", lambda: evaluate_run(args.run_dir, device=args.device))
-        test, shifted = results["test"], results["shifted"]
-        print(f"{args.run_dir}: test accuracy {test['accuracy']:.4f}, NLL {test['nll']:.4f}, ECE {test['ece']:.4f}, "
-              f"Brier {test['brier']:.5f}" + ("" if shifted is None else
-              f"; shifted mean accuracy {shifted['summary']['accuracy']['mean']:.4f}") + " (metrics.json updated)")
+        print(run_summary(args.run_dir, results) + "\n(metrics.json updated)")
     elif args.command == "report":
         from mimmo.report import report as make_report
         from mimmo.report.runs import SkippedRunsWarning
@@ -307,8 +347,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"{fit['nll_after']:.4f}; calibrated test accuracy {test['accuracy']:.4f}, NLL {test['nll']:.4f}, "
                   f"ECE {test['ece']:.4f} (calibration.json written, metrics.json updated)")
     elif args.command == "demo":
+        from mimmo.console import configure_console
         from mimmo.demo import run_demo
 
+        configure_console()
         run_reporting_errors("demo", lambda: run_demo(args.output_dir, args.epochs))
 
 

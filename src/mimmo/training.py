@@ -33,6 +33,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
+from mimmo.console import run_summary
 from mimmo.data.datasets import ImageSet, Normalizer, Splits
 from mimmo.data.loader import BatchLoader
 from mimmo.data.registry import DATASETS, check_data, dataset_shape, load_data
@@ -479,6 +480,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     finished = finished_metrics(cfg, run_dir)
     if finished is not None:
+        log.info("%s\n(remove its metrics.json to run it again)", run_summary(run_dir, finished, reused=True))
         return finished
     checkpoint = run_dir / LAST_CHECKPOINT
     with stop_on_signals() as stop:
@@ -518,8 +520,8 @@ def _fit_and_finish(cfg: DictConfig, run_dir: Path, splits: Splits, method: Meth
         log_every_n_steps=cfg.train.log_every_n_steps, num_sanity_val_steps=0,
         check_val_every_n_epoch=int(cfg.train.get("val_every_n_epochs", 1)), default_root_dir=str(run_dir))
     resume = str(checkpoint) if checkpoint.exists() else None
-    if resume:
-        log.info("resuming %s from %s", run_dir, checkpoint)
+    log.info("training %s on %s for %d epochs into %s%s", cfg.method.name, cfg.data.name, cfg.train.epochs, run_dir,
+             f" (resuming from {checkpoint})" if resume else "")
     start = time.perf_counter()
     environment = {key: os.environ.get(key) for key in DDP_LAUNCH_ENVIRONMENT}
     try:
@@ -544,7 +546,10 @@ def _fit_and_finish(cfg: DictConfig, run_dir: Path, splits: Splits, method: Meth
         # loads them into the module), but not the module's Python state; rank 0 saved it in the last checkpoint.
         history = load_checkpoint(checkpoint).get("exit_weight_history", [])
     # Lightning moves the module to the CPU after fit; evaluate on the device it trained on (rank 0's).
-    return finish_run(run_dir, cfg, method, normalizer, splits, history, train_seconds, trainer.strategy.root_device)
+    metrics = finish_run(run_dir, cfg, method, normalizer, splits, history, train_seconds,
+                         trainer.strategy.root_device)
+    log.info("%s", run_summary(run_dir, metrics))
+    return metrics
 
 
 def evaluate_model(cfg: DictConfig, method: Method, normalizer: Normalizer, splits: Splits,
@@ -556,6 +561,7 @@ def evaluate_model(cfg: DictConfig, method: Method, normalizer: Normalizer, spli
     method = method.to(device).eval()
     normalizer = normalizer.to(device)
     batch = int(cfg.train.eval_batch_size)
+    log.info("evaluation: validation set (%d images) ...", len(splits.validation.labels))
     validation_logits, validation_weights = predict_logits(method, splits.validation.images, normalizer, batch, device)
     readouts = {"raw": RAW}
     fit = None

@@ -7,6 +7,7 @@ probabilities (N, K) and the members' own mixtures (N, M, K) of one set are kept
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mimmo.data.datasets import ImageSet, Normalizer
-from mimmo.data.shifts import apply_shift, set_name, shifted_sets
+from mimmo.data.shifts import SHIFTS, apply_shift, set_name, shifted_sets
 from mimmo.evaluation.metrics import (
     classification_metrics,
     member_log_probs,
@@ -25,6 +26,7 @@ from mimmo.evaluation.metrics import (
 )
 from mimmo.methods.base import Prediction, mixture_log_probs
 
+log = logging.getLogger(__name__)
 Transform = Callable[[Tensor, Tensor], Tensor]  # ([0, 1] images (B, C, H, W), their indices (B,)) -> images
 
 
@@ -173,10 +175,12 @@ def evaluate_readouts(method: nn.Module, data: ImageSet, normalizer: Normalizer,
                       shifted: bool = True) -> dict[str, dict]:
     """:func:`evaluate_method` for every one of ``readouts`` from one pass over each set: ``{name: results}``."""
     targets = data.labels
+    log.info("evaluation: clean test set (%d images) ...", len(data))
     clean = predict_readouts(method, data.images, normalizer, readouts, batch_size, device)
     results: dict[str, dict] = {name: {"test": set_metrics(clean[name], targets, reliability=True), "shifted": None}
                                 for name in readouts}
     if shifted:
+        log.info("evaluation: %d shifted test sets (%s; 5 levels each) ...", len(shifted_sets()), ", ".join(SHIFTS))
         sets: dict[str, dict] = {name: {} for name in readouts}
         for kind, level in shifted_sets():
             def transform(x: Tensor, index: Tensor, kind: str = kind, level: float = level) -> Tensor:

@@ -2,7 +2,9 @@
 
 Each ``*_figure`` function takes run groups (see :func:`mimmo.report.runs.group_runs`), writes one PNG and
 returns its path, or returns None when the groups hold nothing to plot. :func:`make_figures` makes every
-figure the given runs support.
+figure the given runs support. A method has the same colour and marker in every figure
+(:mod:`mimmo.style`); several groups of one method in a figure (other M, other settings) differ in line
+style and are named in the legend or next to their point.
 """
 
 from __future__ import annotations
@@ -15,41 +17,61 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+from matplotlib.lines import Line2D
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
+from matplotlib.transforms import offset_copy
 
 from mimmo.data.shifts import SHIFTS, set_name
 from mimmo.report.runs import Run, RunGroup, group_runs, mean_std
 from mimmo.report.tables import (
-    DISPLAY_NAMES,
     MEMBER_INDEPENDENT,
     SETTING_NAMES,
     build_tables,
+    context_slug,
     format_setting,
-    method_rank,
 )
+from mimmo.style import display_name, method_colour, method_marker, method_rank
 
 METRICS = (("accuracy", "Accuracy"), ("nll", "NLL [nats]"), ("ece", "ECE"), ("brier", "Brier"))
 MEMBER_COLOURS = {1: "tab:grey", 2: "tab:red", 4: "tab:green", 8: "tab:blue"}  # as the paper's Fig. 5/6
 MARKERS = ("o", "s", "v", "^", "D", "*", "X", "P", "h", "<", ">")
+LINESTYLES = ("-", "--", ":", "-.")
+# What the level of each shift is (SPEC §7), for the shifted-data figure's x-axes.
+SHIFT_LEVELS = {"translate": "shift [fraction of the image size]", "rotate": "angle [°]",
+                "brightness": "brightness factor f (x·f)", "contrast": "contrast factor f",
+                "pixelate": "resolution factor f"}
 DPI = 120
 
 
 def _label(group: RunGroup) -> str:
     """A label unique across tables: the display name, M for ensemble-size methods, the ablation settings."""
-    name = DISPLAY_NAMES.get(group.method, group.method)
     extras = [] if group.method in MEMBER_INDEPENDENT else [f"M={group.num_members}"]
     extras += [f"{SETTING_NAMES.get(k, k)}={format_setting(v)}" for k, v in group.variant]
-    return f"{name} ({', '.join(extras)})" if extras else name
+    return f"{display_name(group.method)} ({', '.join(extras)})" if extras else display_name(group.method)
 
 
-def _colour(index: int) -> str:
-    """The index-th colour of matplotlib's default cycle: every group of a figure gets its own."""
-    return f"C{index % 10}"
+def _linestyles(groups: Sequence[RunGroup]) -> list[str]:
+    """Per group: solid for a method's first group in the figure, then dashed, dotted, ... for its others
+    (the colour and marker say the method)."""
+    seen: dict[str, int] = {}
+    styles = []
+    for group in groups:
+        styles.append(LINESTYLES[seen.get(group.method, 0) % len(LINESTYLES)])
+        seen[group.method] = seen.get(group.method, 0) + 1
+    return styles
 
 
-def _linestyle(index: int) -> str:
-    return ("-", "--", ":", "-.")[(index // 10) % 4]
+def _exit_colours(num_exits: int) -> list[Any]:
+    """Exits from shallow (dark) to deep (light), apart from the method palette."""
+    cmap = colormaps["viridis"]
+    return [cmap(i / max(1, num_exits - 1) * 0.9) for i in range(num_exits)]
+
+
+def _member_colours(num_members: int) -> list[Any]:
+    cmap = colormaps["Dark2"]
+    return [cmap(m % 8) for m in range(num_members)]
 
 
 def sort_groups(groups: Sequence[RunGroup]) -> list[RunGroup]:
@@ -68,7 +90,8 @@ def _slug(text: str) -> str:
 
 def _group_slug(group: RunGroup) -> str:
     variant = "_".join(f"{k.split('.')[-1]}={v}" for k, v in group.variant)
-    return _slug(f"{group.dataset}_{group.method}_M{group.num_members}" + (f"_{variant}" if variant else ""))
+    name = _slug(f"{group.dataset}_{group.method}_M{group.num_members}" + (f"_{variant}" if variant else ""))
+    return f"{name}_{context_slug(group.context)}" if group.context else name
 
 
 def _save(figure: Figure, path: str | Path) -> Path:
@@ -115,14 +138,14 @@ def reliability_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | N
     if not pooled:
         return None
     figure, axes = _grid(len(pooled), max_columns=5, size=(2.8, 2.8))
-    for index, (ax, (group, bins)) in enumerate(zip(axes, pooled, strict=True)):
+    for ax, (group, bins) in zip(axes, pooled, strict=True):
         edges, filled = bins["edges"], bins["count"] > 0
         centres, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
         ax.bar(centres[filled], bins["accuracy"][filled], width=widths[filled],
-               color=_colour(index), edgecolor="black", linewidth=0.5, label="accuracy")
+               color=method_colour(group.method), edgecolor="black", linewidth=0.5, label="accuracy")
         ax.bar(centres[filled], bins["confidence"][filled] - bins["accuracy"][filled],
-               bottom=bins["accuracy"][filled], width=widths[filled], color="tab:red", alpha=0.3,
-               edgecolor="tab:red", linewidth=0.5, label="gap")
+               bottom=bins["accuracy"][filled], width=widths[filled], color="lightgrey", alpha=0.7,
+               edgecolor="dimgrey", hatch="///", linewidth=0.5, label="gap to confidence")
         ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
         ece, _ = group.metric("test", "ece")
         ax.set_title(f"{_label(group)}\nECE {ece:.3f}", fontsize=9)
@@ -143,8 +166,18 @@ def _mean_array(arrays: list[Any]) -> np.ndarray | None:
     return np.mean(arrays, axis=0)
 
 
+def prior_table(group: RunGroup, num_exits: int, num_members: int) -> np.ndarray:
+    """The prior gamma (D, M) of a group's runs: ``method.prior`` of its config, uniform 1/D where unset."""
+    prior = group.setting("method.prior")
+    if prior is None:
+        return np.full((num_exits, num_members), 1.0 / num_exits)
+    table = np.asarray(prior, dtype=float)
+    return np.broadcast_to(table[:, None], (num_exits, num_members)) if table.ndim == 1 else table
+
+
 def exit_weights_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | None:
-    """The learned exit weights theta (D, M): one bar group per member, one bar per exit (mean over seeds)."""
+    """The learned exit weights theta (D, M): one bar group per member, one bar per exit (mean over seeds), the
+    prior gamma marked on each bar."""
     tables = [(g, _mean_array([run.get("exit_weights") for run in g.runs])) for g in groups]
     tables = [(g, t) for g, t in tables if t is not None and t.ndim == 2 and t.shape[0] > 1]
     if not tables:
@@ -152,36 +185,46 @@ def exit_weights_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | 
     figure, axes = _grid(len(tables), max_columns=3, size=(4.0, 3.0))
     for ax, (group, weights) in zip(axes, tables, strict=True):
         num_exits, num_members = weights.shape
+        prior = prior_table(group, num_exits, num_members)
         width = 0.8 / num_exits
+        colours = _exit_colours(num_exits)
         for i in range(num_exits):
-            ax.bar(np.arange(num_members) + (i - (num_exits - 1) / 2) * width, weights[i], width=width,
-                   label=f"exit {i + 1}", color=f"C{i}")
-        ax.axhline(1.0 / num_exits, color="black", linestyle=":", linewidth=0.8)
+            positions = np.arange(num_members) + (i - (num_exits - 1) / 2) * width
+            ax.bar(positions, weights[i], width=width, label=f"exit {i + 1}", color=colours[i])
+            ax.plot(positions, prior[i], linestyle="none", marker="_", markersize=200 * width / num_members + 6,
+                    markeredgewidth=1.5, color="black", label="prior γ" if i == 0 else None)
         ax.set_xticks(np.arange(num_members), [f"member {m + 1}" for m in range(num_members)], fontsize=7)
         ax.set_ylim(0, 1)
-        ax.set_ylabel("θ")
+        ax.set_ylabel("θ (exit weight)")
         ax.set_title(_label(group), fontsize=9)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper", fontsize=7)
     return _save(figure, path)
 
 
 def exit_weights_history_figure(group: RunGroup, path: str | Path) -> Path | None:
-    """theta over the epochs: one panel per member, one line per exit (mean over seeds)."""
+    """theta over the epochs, one panel per member: stacked bands, one per exit (mean over seeds). The
+    weights of a member sum to 1, so every exit's band stays visible where lines would lie on each other
+    (during the warm start all sit at the prior)."""
     history = _mean_array([run.get("exit_weights_history") for run in group.runs])
     if history is None or history.ndim != 3 or history.shape[0] == 0:
         return None
     num_epochs, num_exits, num_members = history.shape
     figure, axes = _grid(num_members, max_columns=4, size=(3.0, 2.6))
-    epochs = np.arange(1, num_epochs + 1)
+    edges = np.arange(num_epochs + 1) + 0.5  # epoch e's weights span [e - 0.5, e + 0.5]
+    colours = _exit_colours(num_exits)
     for m, ax in enumerate(axes):
-        for i in range(num_exits):
-            ax.plot(epochs, history[:, i, m], label=f"exit {i + 1}", color=f"C{i}",
-                    marker="." if num_epochs < 30 else None)
+        values = np.concatenate([history[:, :, m], history[-1:, :, m]]).T  # (D, epochs + 1) for the steps
+        ax.stackplot(edges, values, labels=[f"exit {i + 1}" for i in range(num_exits)], colors=colours,
+                     step="post", edgecolor="white", linewidth=0.5)
+        ax.set_xlim(edges[0], edges[-1])
         ax.set_ylim(0, 1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_ylabel("θ")
+        ax.set_ylabel("θ (stacked over exits)")
         ax.set_title(f"member {m + 1}", fontsize=9)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles[::-1], labels[::-1], loc="outside right upper", fontsize=7)  # deepest exit on top
     figure.suptitle(f"{_label(group)}: exit weights over training", fontsize=10)
     return _save(figure, path)
 
@@ -238,19 +281,19 @@ def shift_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | None:
         for col, kind in enumerate(kinds):
             ax = axes[row][col]
             levels = SHIFTS[kind]
-            for index, group in enumerate(groups):
+            for group, linestyle in zip(groups, _linestyles(groups), strict=True):
                 stats = [group.metric("shifted", "sets", set_name(kind, level), key) for level in levels]
                 means, stds = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
                 if np.isnan(means).all():
                     continue
                 ax.errorbar(np.arange(len(levels)), means, yerr=stds, label=_label(group), capsize=2,
-                            color=_colour(index), linestyle=_linestyle(index), marker="o", markersize=3,
-                            linewidth=1)
+                            color=method_colour(group.method), linestyle=linestyle,
+                            marker=method_marker(group.method), markersize=4, linewidth=1)
             ax.set_xticks(np.arange(len(levels)), [f"{level:g}" for level in levels], fontsize=7)
             if row == 0:
                 ax.set_title(kind)
             if row == len(METRICS) - 1:
-                ax.set_xlabel("level")
+                ax.set_xlabel(SHIFT_LEVELS.get(kind, "level"), fontsize=8)
             if col == 0:
                 ax.set_ylabel(title)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -260,9 +303,29 @@ def shift_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | None:
 
 # --- cost ------------------------------------------------------------------------------------------------
 
+def _dodge(flops: list[float], tolerance: float = 0.03) -> list[float]:
+    """Sideways offsets in points for points at (nearly) equal FLOPs, so that none hides another: clusters of
+    costs within ``tolerance`` (relative) are spread 9 points apart around their true position."""
+    offsets = [0.0] * len(flops)
+    order = sorted(range(len(flops)), key=lambda i: flops[i])
+    clusters: list[list[int]] = []
+    for i in order:
+        previous = clusters[-1][-1] if clusters else None
+        close = previous is not None and abs(flops[i] - flops[previous]) <= tolerance * max(flops[previous], 1e-12)
+        if close:
+            clusters[-1].append(i)
+        else:
+            clusters.append([i])
+    for cluster in clusters:
+        for position, i in enumerate(cluster):
+            offsets[i] = 9.0 * (position - (len(cluster) - 1) / 2)
+    return offsets
+
+
 def cost_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | None:
-    """Accuracy and NLL against FLOPs [M], one point per method and M (mean ± std over seeds); the marker
-    says M."""
+    """Accuracy and NLL against FLOPs [M], one point per method and M (mean ± std over seeds) in the method's
+    colour and marker, named next to it; points at nearly equal FLOPs are spread sideways (by a few points on
+    the page, not in FLOPs) so that none hides another."""
     points = []
     for group in groups:
         flops, _ = group.metric("cost", "flops")
@@ -270,30 +333,46 @@ def cost_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | None:
             points.append((group, flops / 1e6))
     if not points:
         return None
-    figure = Figure(figsize=(10, 4), layout="constrained")
+    figure = Figure(figsize=(11, 4.5), layout="constrained")
     axes = figure.subplots(1, 2)
-    sizes = sorted({g.num_members for g, _ in points})
+    flops_values = [flops for _, flops in points]
+    log_scale = max(flops_values) >= 5 * min(flops_values)  # costs spread over decades (MC Dropout, Ensemble)
+    offsets = _dodge(flops_values)
     for ax, (key, title) in zip(axes, METRICS[:2], strict=True):
-        for index, (group, flops) in enumerate(points):
+        for (group, flops), offset in zip(points, offsets, strict=True):
             mean, std = group.metric("test", key)
             if math.isnan(mean):
                 continue
-            marker = MARKERS[sizes.index(group.num_members) % len(MARKERS)]
-            ax.errorbar([flops], [mean], yerr=[std], marker=marker, color=_colour(index), capsize=2,
-                        linestyle="none", label=_label(group))
-        flops_values = [flops for _, flops in points]
-        if max(flops_values) >= 5 * min(flops_values):  # costs spread over decades (MC Dropout, Ensemble)
+            shifted = offset_copy(ax.transData, fig=figure, x=offset, y=0.0, units="points")
+            ax.update_datalim([(flops, mean - std), (flops, mean + std)])  # (artists in offset coordinates
+            ax.errorbar([flops], [mean], yerr=[std], marker=method_marker(group.method), markersize=7,
+                        color=method_colour(group.method), capsize=2, linestyle="none", transform=shifted)
+            ax.annotate(_short_label(group), (flops, mean), xycoords=shifted, xytext=(4, 4), annotation_clip=False,
+                        textcoords="offset points", fontsize=6, rotation=35, color=method_colour(group.method))
+        if log_scale:
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.margins(x=0.12, y=0.15)
+        ax.autoscale_view()  # do not count for the data limits: they are set above)
         ax.set_xlabel("FLOPs [M]")
         ax.set_ylabel(title)
     axes[0].set_title("Accuracy vs cost")
     axes[1].set_title("NLL vs cost")
-    handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside right upper", fontsize=7)
+    methods = sorted({group.method for group, _ in points}, key=method_rank)
+    handles = [Line2D([], [], color=method_colour(m), marker=method_marker(m), linestyle="none", markersize=7)
+               for m in methods]
+    figure.legend(handles, [display_name(m) for m in methods], loc="outside right upper", fontsize=7)
     return _save(figure, path)
+
+
+def _short_label(group: RunGroup) -> str:
+    """The text next to a point: M for ensemble-size methods and the variant's settings (the marker says the
+    method)."""
+    extras = [] if group.method in MEMBER_INDEPENDENT else [f"M={group.num_members}"]
+    extras += [f"{SETTING_NAMES.get(k, k)}={format_setting(v)}" for k, v in group.variant]
+    return f"{display_name(group.method)} " + ", ".join(extras) if extras else display_name(group.method)
 
 
 # --- ablations -------------------------------------------------------------------------------------------
@@ -377,38 +456,48 @@ def feature_reuse_figure(group: RunGroup, path: str | Path) -> Path | None:
     probe = next((p for p in probes if p), None)
     if probe is None:
         return None
-    parts = [(name, title) for name, title in (("input", "stem (per output channel)"),
-                                               ("output", "head (per input feature)")) if probe.get(name)]
+    parts = [(name, title, label) for name, title, label in (
+        ("input", "stem", "stem output channel (member's input slice)"),
+        ("output", "head", "head input feature (member's output rows)")) if probe.get(name)]
     if not parts:
         return None
-    figure = Figure(figsize=(6 * len(parts), 3.2), layout="constrained")
+    figure = Figure(figsize=(6.5 * len(parts), 3.6), layout="constrained")
     axes = figure.subplots(1, len(parts), squeeze=False)[0]
-    for ax, (name, title) in zip(axes, parts, strict=True):
+    for ax, (name, title, label) in zip(axes, parts, strict=True):
         profiles = np.asarray(probe[name]["profiles"], dtype=float)
         num_members, num_features = profiles.shape
+        colours = _member_colours(num_members)
         if num_features <= 64:
             width = 0.8 / num_members
             for m in range(num_members):
                 ax.bar(np.arange(num_features) + (m - (num_members - 1) / 2) * width, profiles[m],
-                       width=width, label=f"member {m + 1}", color=f"C{m}")
+                       width=width, label=f"member {m + 1}", color=colours[m])
         else:
             for m in range(num_members):
-                ax.plot(np.arange(num_features), profiles[m], label=f"member {m + 1}", color=f"C{m}",
+                ax.plot(np.arange(num_features), profiles[m], label=f"member {m + 1}", color=colours[m],
                         linewidth=0.8, alpha=0.8)
-        overlap, spread = mean_std([p[name]["overlap"] for p in probes if p and p.get(name)])
-        ax.set_title(f"{title}: overlap {overlap:.2f} ± {spread:.2f}", fontsize=9)
-        ax.set_xlabel("feature")
-        ax.set_ylabel("L1 norm / max")
+        overlaps = [p[name]["overlap"] for p in probes if p and p.get(name)]
+        overlap, spread = mean_std(overlaps)
+        ax.set_title(f"{title}: overlap {overlap:.2f}" + (f" ± {spread:.2f}" if len(overlaps) > 1 else ""),
+                     fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(-0.6, num_features - 0.4)
+        ax.set_xlabel(label)
+        ax.set_ylabel("L1 norm of the weights / max")
         ax.set_ylim(0, 1.05)
     axes[0].legend(fontsize=7)
-    figure.suptitle(f"{_label(group)}: feature reuse", fontsize=10)
+    figure.suptitle(f"{_label(group)}: feature reuse (first seed)\noverlap = mean over features of "
+                    "min/max of the members' profiles: 1 = every member uses each feature alike (shared "
+                    "features), 0 = each feature belongs to one member", fontsize=9)
     return _save(figure, path)
 
 
 # --- all -------------------------------------------------------------------------------------------------
 
 def make_figures(runs: Sequence[Run] | Sequence[RunGroup], out_dir: str | Path) -> list[Path]:
-    """Every figure the runs support, written into ``out_dir``; returns the files written."""
+    """Every figure the runs support, written into ``out_dir``; returns the files written. Figures follow the
+    tables: runs that differ in a setting outside the method (see :func:`mimmo.report.runs.group_runs`) are
+    never drawn in one figure, and the figure's file name carries that setting."""
     groups = list(runs) if runs and isinstance(runs[0], RunGroup) else group_runs(runs)  # type: ignore[arg-type]
     groups = sort_groups(groups)
     out_dir = Path(out_dir)
@@ -418,14 +507,14 @@ def make_figures(runs: Sequence[Run] | Sequence[RunGroup], out_dir: str | Path) 
         written += [reliability_figure(table.groups, out_dir / f"reliability_{stem}.png"),
                     exit_weights_figure(table.groups, out_dir / f"exit_weights_{stem}.png"),
                     shift_figure(table.groups, out_dir / f"shifts_{stem}.png")]
-    for dataset in sorted({g.dataset for g in groups}):
-        in_dataset = [g for g in groups if g.dataset == dataset]
-        written.append(cost_figure(in_dataset, out_dir / f"cost_{_slug(dataset)}.png"))
-        for method in sorted({g.method for g in in_dataset}, key=method_rank):
-            of_method = [g for g in in_dataset if g.method == method]
-            name = f"{_slug(dataset)}_{method}.png"
-            written.append(alpha_ablation_figure(of_method, out_dir / f"ablation_alpha_{name}"))
-            written.append(depth_width_figure(of_method, out_dir / f"ablation_depth_width_{name}"))
+    for dataset, context in dict.fromkeys((g.dataset, g.context) for g in groups):
+        in_context = [g for g in groups if g.dataset == dataset and g.context == context]
+        suffix = _slug(dataset) + (f"_{context_slug(context)}" if context else "")
+        written.append(cost_figure(in_context, out_dir / f"cost_{suffix}.png"))
+        for method in sorted({g.method for g in in_context}, key=method_rank):
+            of_method = [g for g in in_context if g.method == method]
+            written.append(alpha_ablation_figure(of_method, out_dir / f"ablation_alpha_{suffix}_{method}.png"))
+            written.append(depth_width_figure(of_method, out_dir / f"ablation_depth_width_{suffix}_{method}.png"))
     for group in groups:
         name = f"{_group_slug(group)}.png"
         written.append(exit_weights_history_figure(group, out_dir / f"exit_weights_history_{name}"))

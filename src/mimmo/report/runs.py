@@ -1,4 +1,4 @@
-"""Saved runs: find and load run folders, group them by (dataset, method, M), aggregate over seeds.
+"""Saved runs: find and load run folders, group them by their settings, aggregate over seeds.
 
 A run folder holds ``metrics.json`` (format :data:`FORMAT_VERSION`) and ``config.yaml``. Reports read
 only these files; they never retrain.
@@ -21,8 +21,8 @@ from mimmo.run_folder import CONFIG_FILE, FORMAT_VERSION, METRICS_FILE, NON_SEMA
 # Flattened config keys that may differ between the seeds of one group: the seed itself, the settings that do
 # not change a result (run_folder.NON_SEMANTIC_KEYS), and the evaluation batch size. Keys under "hydra." are
 # ignored too.
-IGNORED_SETTINGS = frozenset({"seed", "train.eval_batch_size", *NON_SEMANTIC_KEYS})
-# Settings that may vary inside one (dataset, method, M): each value becomes its own group (a variant),
+IGNORED_SETTINGS = frozenset({"seed", "run_dir", "train.eval_batch_size", *NON_SEMANTIC_KEYS})
+# Settings outside method.* that may vary inside one table: each value becomes its own group (a row, a variant),
 # so that ablation sweeps (Fig. 5: alpha; Fig. 6: layers and width) can be reported together.
 ABLATION_SETTINGS = ("method.alpha", "model.layers", "model.planes", "model.width")
 REQUIRED_KEYS = ("method", "dataset", "num_members", "test")
@@ -194,8 +194,11 @@ class RunGroup:
     dataset: str
     method: str
     num_members: int
-    variant: tuple[tuple[str, Any], ...]  # the ablation settings that single this group out, if any
+    variant: tuple[tuple[str, Any], ...]  # the settings that single this group out among its method's, if any
     runs: tuple[Run, ...] = field(repr=False)
+    # The settings (outside method.*) that differ between the runs of this dataset, with this group's values:
+    # groups with the same context are compared in one table.
+    context: tuple[tuple[str, Any], ...] = ()
 
     @property
     def seeds(self) -> list[Any]:
@@ -234,36 +237,60 @@ def _comparable(settings: dict[str, Any], ignore: frozenset[str]) -> dict[str, A
     return {k: v for k, v in settings.items() if k not in ignore and not k.startswith("hydra.")}
 
 
+def differing_settings(runs: Sequence[Run], keys: Callable[[str], bool], ignore: frozenset[str]) -> list[str]:
+    """The comparable settings selected by ``keys`` whose values are not the same in all ``runs``."""
+    settings = [_comparable(run.settings, ignore) for run in runs]
+    names = sorted({key for flat in settings for key in flat if keys(key)})
+    return [key for key in names if len({repr(flat.get(key)) for flat in settings}) > 1]
+
+
 def group_runs(runs: Iterable[Run], ignore: Iterable[str] = IGNORED_SETTINGS,
                ablation: Sequence[str] = ABLATION_SETTINGS) -> list[RunGroup]:
-    """Group runs by (dataset, method, M) and, where they vary, by the ``ablation`` settings.
+    """Group runs into seeds of one setting, and the groups into contexts that one table compares.
 
-    Inside a group the runs must agree on every other setting except those in ``ignore`` (flattened keys
-    like ``"train.devices"``); otherwise ValueError names the group and the differing keys and values.
+    Per dataset, the settings outside ``method.*`` that differ between runs (``train.epochs``,
+    ``data.train_size``, ...; except ``ignore``, the seed and the ``ablation`` settings) form the context:
+    runs in different contexts never share a table. Inside a context, runs are grouped by method and M and,
+    where they vary, by the ``ablation`` settings and the method's own settings (``method.alpha``, ...): each
+    value is its own group (a row: the ablation sweeps of Fig. 5 and 6 are reported together). ValueError
+    where one seed appears twice in a group.
     """
-    ignore = frozenset(ignore)
-    by_key: dict[tuple, list[Run]] = {}
-    for run in runs:
-        by_key.setdefault((run.dataset, run.method, run.num_members), []).append(run)
+    ignore = frozenset(ignore) | {"seed", "method.name", "method.num_members", "data.name"}
+    runs = list(runs)
     groups = []
-    for (dataset, method, num_members), members in sorted(by_key.items(), key=lambda item: str(item[0])):
-        varying = [key for key in ablation if len({_freeze(run.setting(key)) for run in members}) > 1]
-        by_variant: dict[tuple, list[Run]] = {}
-        for run in members:
-            by_variant.setdefault(tuple((key, run.setting(key)) for key in varying), []).append(run)
-        for variant, variant_runs in sorted(by_variant.items(), key=lambda item: _sort_key(item[0])):
-            name = f"{method} on {dataset} with M={num_members}" + (
-                f" ({', '.join(f'{k}={v}' for k, v in variant)})" if variant else "")
-            _check_agreement(name, variant_runs, ignore)
-            seeds = [run.seed for run in variant_runs]
-            duplicates = sorted({str(s) for s in seeds if seeds.count(s) > 1})
-            if duplicates:
-                folders = [str(run.path) for run in variant_runs if str(run.seed) in duplicates]
-                raise ValueError(f"group {name}: seed(s) {duplicates} appear more than once ({folders}); "
-                                 "pass each run once")
-            ordered = tuple(sorted(variant_runs, key=lambda run: _order(run.seed)))
-            groups.append(RunGroup(dataset, method, num_members, variant, ordered))
+    for dataset in sorted({run.dataset for run in runs}):
+        in_dataset = [run for run in runs if run.dataset == dataset]
+        context_keys = differing_settings(
+            in_dataset, lambda key: not key.startswith("method.") and key not in ablation, ignore)
+        by_key: dict[tuple, list[Run]] = {}
+        for run in in_dataset:
+            context = tuple((key, run.setting(key)) for key in context_keys)
+            by_key.setdefault((context, run.method, run.num_members), []).append(run)
+        for (context, method, num_members), members in by_key.items():
+            varying = [key for key in ablation if len({repr(run.setting(key)) for run in members}) > 1]
+            varying += differing_settings(members, lambda key: key.startswith("method.") and key not in ablation,
+                                          ignore)
+            by_variant: dict[tuple, list[Run]] = {}
+            for run in members:
+                by_variant.setdefault(tuple((key, run.setting(key)) for key in varying), []).append(run)
+            for variant, variant_runs in by_variant.items():
+                seeds = [run.seed for run in variant_runs]
+                duplicates = sorted({str(s) for s in seeds if seeds.count(s) > 1})
+                if duplicates:
+                    name = describe(dataset, method, num_members, variant + context)
+                    folders = [str(run.path) for run in variant_runs if str(run.seed) in duplicates]
+                    raise ValueError(f"group {name}: seed(s) {duplicates} appear more than once ({folders}); "
+                                     "pass each run once")
+                ordered = tuple(sorted(variant_runs, key=lambda run: _order(run.seed)))
+                groups.append(RunGroup(dataset, method, num_members, variant, ordered, context))
+    groups.sort(key=lambda g: (g.dataset, settings_order(g.context), str(g.method), g.num_members,
+                               settings_order(g.variant)))
     return groups
+
+
+def describe(dataset: str, method: str, num_members: int, settings: tuple[tuple[str, Any], ...]) -> str:
+    return f"{method} on {dataset} with M={num_members}" + (
+        f" ({', '.join(f'{k}={v}' for k, v in settings)})" if settings else "")
 
 
 def _order(value: Any) -> tuple:
@@ -273,16 +300,6 @@ def _order(value: Any) -> tuple:
     return (1, 0, str(value))
 
 
-def _sort_key(variant: tuple) -> tuple:
+def settings_order(variant: tuple) -> tuple:
+    """Sort key of ((key, value), ...): by key, then numbers by value before the rest by text."""
     return tuple((k, _order(v)) for k, v in variant)
-
-
-def _check_agreement(name: str, runs: Sequence[Run], ignore: frozenset[str]) -> None:
-    reference = _comparable(runs[0].settings, ignore)
-    for run in runs[1:]:
-        other = _comparable(run.settings, ignore)
-        differing = sorted(k for k in reference.keys() | other.keys() if reference.get(k) != other.get(k))
-        if differing:
-            details = "; ".join(f"{k}: {reference.get(k)!r} ({runs[0].path}) vs {other.get(k)!r} ({run.path})"
-                                for k in differing)
-            raise ValueError(f"group {name}: runs differ in setting(s) other than the seed: {details}")

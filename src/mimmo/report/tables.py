@@ -1,15 +1,19 @@
-"""The paper's tables from saved runs: one per (dataset, M), as Markdown, LaTeX and CSV.
+"""The paper's tables from saved runs: one per (dataset, settings, M), as Markdown, LaTeX and CSV.
+
+Runs of a dataset that differ in a setting (train.epochs, ...) go to separate tables, one per combination
+of those settings, named in the title.
 
 Rows are methods in the paper's order; columns Accuracy, NLL, ECE, Brier x10^3, FLOPs [M], Params [M];
 a block on the clean test set, then a block on the shifted sets (the mean over the 25 sets of each run).
-Every entry is mean ± population std over seeds; the best value of each metric column and block is bold
-(highest accuracy, lowest NLL, ECE and Brier; ties after rounding are all bold). Methods whose M is not
-an ensemble size (Base, MC Dropout, DUN, EE) appear in every M's table, as in the paper.
+Every entry is the mean over seeds, ± the population std from two seeds on; the best value of each metric
+column and block is bold (highest accuracy, lowest NLL, ECE and Brier; ties after rounding are all bold).
+Methods whose M is not an ensemble size (Base, MC Dropout, DUN, EE) appear in every M's table, as in the paper.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import re
@@ -18,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mimmo.methods.registry import DISPLAY_NAMES, METHODS
-from mimmo.report.runs import Run, RunGroup
+from mimmo.report.runs import Run, RunGroup, settings_order
+from mimmo.style import DISPLAY_NAMES, method_rank
 
-METHOD_ORDER = tuple(METHODS)  # the paper's row order, from the method catalogue
 # Methods whose M is not the ensemble size the tables are indexed by: shown in every M's table.
 MEMBER_INDEPENDENT = frozenset({"base", "mc_dropout", "dun", "early_exit"})
 SETTING_NAMES = {"method.alpha": "α", "model.layers": "layers", "model.planes": "planes",
@@ -49,37 +52,53 @@ DECIMALS = 2
 
 @dataclass(frozen=True)
 class Table:
-    """The rows of one table: a dataset and, for the ensemble-size methods, one M (None: no such methods)."""
+    """The rows of one table: a dataset, a context (the settings in which the runs of the dataset differ; see
+    :func:`mimmo.report.runs.group_runs`) and, for the ensemble-size methods, one M (None: no such methods)."""
 
     dataset: str
     num_members: int | None
     groups: tuple[RunGroup, ...]
+    context: tuple[tuple[str, Any], ...] = ()
 
     @property
     def title(self) -> str:
-        return self.dataset if self.num_members is None else f"{self.dataset}, M = {self.num_members}"
+        title = self.dataset if self.num_members is None else f"{self.dataset}, M = {self.num_members}"
+        return f"{title} ({context_text(self.context)})" if self.context else title
 
     @property
     def stem(self) -> str:
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.dataset)
-        return f"table_{safe}" if self.num_members is None else f"table_{safe}_M{self.num_members}"
+        """The file name stem: ``table_<dataset>[_M<M>][_<context>]`` (unique per table)."""
+        safe = slug(self.dataset)
+        stem = f"table_{safe}" if self.num_members is None else f"table_{safe}_M{self.num_members}"
+        return f"{stem}_{context_slug(self.context)}" if self.context else stem
 
 
-def method_rank(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+def context_text(context: tuple[tuple[str, Any], ...]) -> str:
+    return ", ".join(f"{key}={format_setting(value)}" for key, value in context)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
+
+
+def context_slug(context: tuple[tuple[str, Any], ...]) -> str:
+    """``train.epochs=5,data.train_size=256`` as a file-name part; a hash where that would be long."""
+    text = slug(",".join(f"{key}={format_setting(value)}" for key, value in context))
+    return text if len(text) <= 80 else "settings_" + hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def build_tables(groups: Sequence[RunGroup]) -> list[Table]:
-    """One table per dataset and M of the ensemble-size methods, rows in the paper's method order."""
+    """One table per dataset, context and M of the ensemble-size methods, rows in the paper's method order."""
     tables = []
-    for dataset in sorted({g.dataset for g in groups}):
-        in_dataset = [g for g in groups if g.dataset == dataset]
-        sizes = sorted({g.num_members for g in in_dataset if g.method not in MEMBER_INDEPENDENT})
+    contexts = sorted({(g.dataset, g.context) for g in groups}, key=lambda dc: (dc[0], settings_order(dc[1])))
+    for dataset, context in contexts:
+        in_context = [g for g in groups if g.dataset == dataset and g.context == context]
+        sizes = sorted({g.num_members for g in in_context if g.method not in MEMBER_INDEPENDENT})
         for size in sizes or [None]:
-            rows = [g for g in in_dataset if g.method in MEMBER_INDEPENDENT or size is None
+            rows = [g for g in in_context if g.method in MEMBER_INDEPENDENT or size is None
                     or g.num_members == size]
             rows.sort(key=lambda g: (method_rank(g.method), g.num_members))  # stable: keeps variant order
-            tables.append(Table(dataset, size, tuple(rows)))
+            tables.append(Table(dataset, size, tuple(rows), context))
     return tables
 
 
@@ -113,13 +132,18 @@ def _round(value: float) -> float:
 
 @dataclass(frozen=True)
 class Cell:
+    """A mean over seeds and its std, shown only from two seeds on (one seed has no spread to show)."""
+
     mean: float
     std: float
+    num_seeds: int
     bold: bool = False
 
     def text(self) -> str:
         if math.isnan(self.mean):
             return "–"
+        if self.num_seeds < 2:
+            return f"{self.mean:.{DECIMALS}f}"
         return f"{self.mean:.{DECIMALS}f} ± {self.std:.{DECIMALS}f}"
 
 
@@ -129,8 +153,9 @@ def block_cells(table: Table, block: str) -> list[list[Cell]]:
     for group in table.groups:
         row = []
         for column in METRIC_COLUMNS:
-            mean, std = group.mean_std(_metric_getter(block, column.key))
-            row.append(Cell(mean * column.scale, std * column.scale))
+            getter = _metric_getter(block, column.key)
+            mean, std = group.mean_std(getter)
+            row.append(Cell(mean * column.scale, std * column.scale, len(group.values(getter))))
         cells.append(row)
     for j, column in enumerate(METRIC_COLUMNS):
         values = [_round(row[j].mean) for row in cells if not math.isnan(row[j].mean)]
@@ -139,7 +164,7 @@ def block_cells(table: Table, block: str) -> list[list[Cell]]:
         best = max(values) if column.higher_is_better else min(values)
         for row in cells:
             if not math.isnan(row[j].mean) and _round(row[j].mean) == best:
-                row[j] = Cell(row[j].mean, row[j].std, True)
+                row[j] = Cell(row[j].mean, row[j].std, row[j].num_seeds, True)
     return cells
 
 
@@ -158,10 +183,12 @@ def has_block(table: Table, block: str) -> bool:
 
 def _seeds_line(table: Table) -> str:
     counts = [len(g.runs) for g in table.groups]
+    if counts == [1] * len(counts):
+        return "One seed per row (no std)."
     if len(set(counts)) == 1:
-        return f"Mean ± std (population) over {counts[0]} seed(s) per row."
+        return f"Mean ± std (population) over {counts[0]} seeds per row."
     per_row = ", ".join(f"{row_label(g, table)} {len(g.runs)}" for g in table.groups)
-    return f"Mean ± std (population) over seeds; seeds per row: {per_row}."
+    return f"Mean ± std (population) over seeds (a row with one seed shows no std); seeds per row: {per_row}."
 
 
 def to_markdown(table: Table) -> str:
@@ -193,6 +220,8 @@ def _latex_cell(cell: Cell) -> str:
     if math.isnan(cell.mean):
         return "--"
     mean, std = f"{cell.mean:.{DECIMALS}f}", f"{cell.std:.{DECIMALS}f}"
+    if cell.num_seeds < 2:
+        return rf"$\textbf{{{mean}}}$" if cell.bold else f"${mean}$"
     if cell.bold:
         return rf"$\textbf{{{mean}}} \pm \textbf{{{std}}}$"
     return rf"${mean} \pm {std}$"
@@ -226,17 +255,19 @@ def to_csv(table: Table) -> str:
     writer = csv.writer(out, lineterminator="\n")
     metric_keys = [c.key for c in METRIC_COLUMNS]
     writer.writerow(["dataset", "block", "method", "label", "num_members", "num_seeds",
-                     *(f"{k}_{s}" for k in metric_keys for s in ("mean", "std")), "flops", "params"])
+                     *(f"{k}_{s}" for k in metric_keys for s in ("mean", "std")), "flops", "params", "settings"])
     for block, _ in BLOCKS:
         if not has_block(table, block):
             continue
         for group in table.groups:
             values = []
             for key in metric_keys:
-                values += [_csv_number(v) for v in group.mean_std(_metric_getter(block, key))]
+                getter = _metric_getter(block, key)
+                mean, std = group.mean_std(getter)
+                values += [_csv_number(mean), _csv_number(std) if len(group.values(getter)) > 1 else ""]
             costs = [_csv_number(group.metric("cost", key)[0]) for _, key in COST_COLUMNS]
             writer.writerow([table.dataset, block, group.method, row_label(group, table), group.num_members,
-                             len(group.runs), *values, *costs])
+                             len(group.runs), *values, *costs, context_text(table.context)])
     return out.getvalue()
 
 
