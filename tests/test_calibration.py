@@ -138,13 +138,15 @@ def test_mimmo_cost_run_prints_the_full_and_the_pruned_cost(run_dir, capsys):
     full = read_json(run_dir / "metrics.json")["anytime"]["full"]["flops"]
     assert f"{int(full):,} FLOPs" in out
     assert "exits 1, 3, 4 of 4 run" in out
-    with pytest.raises(ValueError, match="drops every exit of member"):
+    with pytest.raises(SystemExit) as refused:  # a refusal: one line on stderr, exit status 2
         main(["cost", "--run", str(run_dir), "--prune-exits", "0.9"])
+    assert refused.value.code == 2 and "drops every exit of member" in capsys.readouterr().err
 
 
-def test_posthoc_commands_refuse_unfinished_runs(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a finished run"):
+def test_posthoc_commands_refuse_unfinished_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
         main(["calibrate", str(tmp_path)])
+    assert refused.value.code == 2 and "not a finished run" in capsys.readouterr().err
 
 
 def test_a_plain_reevaluation_keeps_the_posthoc_sections_it_does_not_compute(run_dir):
