@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from mimmo.report.figures import _colour, _label, _save, _slug, sort_groups
+from mimmo.report.figures import _label, _save, _slug, sort_groups
 from mimmo.report.runs import RunGroup, mean_std
 from mimmo.report.tables import build_tables, row_label
+from mimmo.style import method_colour, method_marker
 
 ANYTIME_POINTS = ("base", "mimo", "ensemble")  # shown as single points beside the anytime curves
 WITHIN_POINTS = 0.5  # accuracy tolerance, in percentage points, of the cheapest anytime threshold
@@ -152,17 +153,18 @@ def anytime_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | None:
     figure = Figure(figsize=(10, 4), layout="constrained")
     axes = figure.subplots(1, 2)
     for ax, (key, title) in zip(axes, (("accuracy", "Accuracy"), ("nll", "NLL [nats]")), strict=True):
-        for index, (group, curve) in enumerate(curves):
-            ax.plot([row["flops"] / 1e6 for row in curve], [row[key] for row in curve], marker="o", markersize=3,
-                    linewidth=1, color=_colour(index), label=f"{_label(group)} (anytime)")
+        for group, curve in curves:  # each method in its colour and marker of every figure (mimmo.style)
+            ax.plot([row["flops"] / 1e6 for row in curve], [row[key] for row in curve],
+                    marker=method_marker(group.method), markersize=3, linewidth=1, color=method_colour(group.method),
+                    label=f"{_label(group)} (anytime)")
             full = anytime_full(group)
-            ax.plot([full["flops"] / 1e6], [full[key]], marker="*", markersize=9, color=_colour(index),
+            ax.plot([full["flops"] / 1e6], [full[key]], marker="*", markersize=9, color=method_colour(group.method),
                     linestyle="none")
-        for offset, group in enumerate(points, start=len(curves)):
+        for group in points:
             flops, _ = group.metric("cost", "flops")
             mean, std = group.metric("test", key)
-            ax.errorbar([flops / 1e6], [mean], yerr=[std], marker="s", color=_colour(offset), capsize=2,
-                        linestyle="none", label=_label(group))
+            ax.errorbar([flops / 1e6], [mean], yerr=[std], marker=method_marker(group.method),
+                        color=method_colour(group.method), capsize=2, linestyle="none", label=_label(group))
         ax.set_xlabel("mean FLOPs per image [M]")
         ax.set_ylabel(title)
     axes[0].set_title("Anytime: accuracy vs cost (★ full mixture)")
