@@ -575,6 +575,7 @@ def evaluate_model(cfg: DictConfig, method: Method, normalizer: Normalizer, spli
                                    shifted=bool(cfg.evaluation.shifted))
     weights = method.exit_weights()
     input_shape = model_input_shape(cfg, splits.input_shape)
+    log.info("evaluation: cost and feature-reuse probe ...")
     cost = count_cost(method, input_shape)
     results = {
         "format_version": FORMAT_VERSION, "method": cfg.method.name, "dataset": cfg.data.name,
