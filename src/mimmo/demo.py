@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from mimmo.config import compose
 from mimmo.console import format_duration
+from mimmo.run_folder import METRICS_FILE
 from mimmo.training import prepare_run, semantic_config, train
 
 DEMO_METHODS = ("base", "mimo", "mimmo")
@@ -60,7 +61,7 @@ def run_demo(output_dir: str | Path = "runs/demo", epochs: int | None = None, se
     rows = []
     for index, (name, cfg) in enumerate(zip(DEMO_METHODS, configs, strict=True), start=1):
         run_dir = Path(output_dir) / run_folder_name(cfg)
-        finished = (run_dir / "metrics.json").exists()
+        finished = (run_dir / METRICS_FILE).exists()
         print(f"[demo {index}/{len(DEMO_METHODS)}] {name}: "
               + ("finished before, reused" if finished else f"training {cfg.train.epochs} epochs")
               + f" ({run_dir})", flush=True)
