@@ -13,6 +13,8 @@ from mimmo.evaluation.evaluate import evaluate_method, predict
 from mimmo.evaluation.metrics import (
     binary_auroc,
     classification_metrics,
+    exit_log_probs,
+    exit_metrics,
     expected_calibration_error,
     member_log_probs,
     member_metrics,
@@ -45,6 +47,19 @@ def test_classification_metrics_by_hand():
     assert metrics["entropy"] == pytest.approx(entropy, rel=1e-6)
     # bins: {0.7, 0.72} together (acc 0.5, conf 0.71), 0.55 wrong, 0.45 and 0.5 correct, each alone
     assert metrics["ece"] == pytest.approx((2 * 0.21 + 0.55 + 0.55 + 0.5) / 5, rel=1e-5)
+    confidence = (0.7 + 0.55 + 0.45 + 0.5 + 0.72) / 5
+    assert metrics["confidence"] == pytest.approx(confidence, rel=1e-6)
+    assert metrics["accuracy_minus_confidence"] == pytest.approx(3 / 5 - confidence, abs=1e-6)
+
+
+def test_accuracy_minus_confidence_is_the_signed_ece_with_one_bin():
+    torch.manual_seed(0)
+    log_probs = torch.randn(200, 5).mul(2).log_softmax(1)
+    targets = torch.randint(0, 5, (200,))
+    metrics = classification_metrics(log_probs, targets)
+    assert abs(metrics["accuracy_minus_confidence"]) == pytest.approx(
+        expected_calibration_error(log_probs, targets, num_bins=1), rel=1e-6)
+    assert metrics["accuracy_minus_confidence"] < 0  # random labels: over-confident
 
 
 def test_reliability_bins_by_hand_and_consistent_with_ece():
@@ -78,7 +93,29 @@ def test_member_metrics_by_hand():
     # pairs (0,1): differ at samples 2, 3; (0,2): at 3; (1,2): at 2 -> (0.5 + 0.25 + 0.25) / 3
     assert metrics["disagreement"] == pytest.approx(1 / 3)
     assert len(metrics["member_nll"]) == 3
+    top = member_lp.exp().max(dim=2).values.mean(dim=0)  # every member's top probability is e^5/(e^5+2)
+    assert metrics["member_confidence"] == pytest.approx(top.tolist(), rel=1e-6)
+    assert metrics["member_accuracy_minus_confidence"] == pytest.approx(
+        [a - c for a, c in zip([0.75, 0.5, 0.75], top.tolist(), strict=True)], rel=1e-6)
     assert member_metrics(member_lp[:, :1], targets)["disagreement"] == 0.0
+
+
+def test_exit_metrics_by_hand():
+    # two samples, D = 2 exits, M = 2 members, K = 2 classes
+    probs = torch.tensor([[[[0.9, 0.1], [0.5, 0.5]], [[0.2, 0.8], [0.4, 0.6]]],
+                          [[[0.3, 0.7], [0.1, 0.9]], [[0.6, 0.4], [0.8, 0.2]]]])  # (B, D, M, K)
+    exits = exit_log_probs(probs.log())
+    assert exits.exp() == pytest.approx(probs.mean(dim=2))  # each exit: the equal-weight members' average
+    targets = torch.tensor([0, 1])
+    metrics = exit_metrics(exits, targets)
+    # exit 1: (0.7, 0.3) correct, (0.2, 0.8) correct; exit 2: (0.3, 0.7) wrong, (0.7, 0.3) wrong
+    assert metrics["exit_accuracy"] == pytest.approx([1.0, 0.0])
+    assert metrics["exit_confidence"] == pytest.approx([0.75, 0.7])
+    assert metrics["exit_accuracy_minus_confidence"] == pytest.approx([0.25, -0.7])
+    assert metrics["exit_nll"] == pytest.approx([-(math.log(0.7) + math.log(0.8)) / 2,
+                                                 -(math.log(0.3) + math.log(0.3)) / 2])
+    with pytest.raises(ValueError, match="exit_log_probs must be"):
+        exit_metrics(exits[0], targets)
 
 
 def test_member_mixtures_average_to_the_predictive_mixture():
@@ -172,15 +209,18 @@ def test_evaluate_method_returns_every_key(tiny_setup):
     results = evaluate_method(method, data, normalizer, batch_size=16)
     assert method.training  # the mode is restored
     test = results["test"]
-    for key in ("accuracy", "nll", "ece", "brier", "entropy", "misclassification_auroc", "member_accuracy",
-                "member_nll", "disagreement", "reliability"):
+    for key in ("accuracy", "nll", "ece", "brier", "entropy", "confidence", "accuracy_minus_confidence",
+                "misclassification_auroc", "member_accuracy", "member_nll", "member_confidence",
+                "member_accuracy_minus_confidence", "disagreement", "reliability"):
         assert key in test
+    assert "exit_accuracy" not in test  # one exit
     assert len(test["member_accuracy"]) == 2
     assert sum(test["reliability"]["count"]) == 40
     sets = results["shifted"]["sets"]
     assert len(sets) == 25 and "rotate/45" in sets and "pixelate/0.5" in sets
     summary = results["shifted"]["summary"]
-    assert set(summary) >= {"accuracy", "nll", "ece", "brier", "entropy", "disagreement"}
+    assert set(summary) >= {"accuracy", "nll", "ece", "brier", "entropy", "confidence", "accuracy_minus_confidence",
+                            "disagreement"}
     nll = torch.tensor([s["nll"] for s in sets.values()], dtype=torch.float64)
     assert summary["nll"]["mean"] == pytest.approx(nll.mean().item())
     assert summary["nll"]["std"] == pytest.approx(nll.std(correction=0).item())
@@ -201,3 +241,12 @@ def test_evaluate_single_member_and_exits(tiny_setup):
     prediction = predict(method, data.images, normalizer, batch_size=32)
     assert prediction.log_probs.shape == (40, 10) and prediction.member_log_probs.shape == (40, 2, 10)
     assert prediction.weights.shape == (4, 2)
+    assert prediction.exit_log_probs.shape == (40, 4, 10)
+    test = evaluate_method(method, data, normalizer, shifted=False)["test"]
+    for key in ("exit_accuracy", "exit_nll", "exit_confidence", "exit_accuracy_minus_confidence"):
+        assert len(test[key]) == 4
+    # the last exit's ensemble of the members is what MIMO's mixture would be from the same logits
+    with torch.no_grad():
+        logits = method(Normalizer.to_unit(data.images[:8]).sub(0.5)).logits
+    assert torch.allclose(exit_log_probs(logits)[:, -1], mixture_log_probs(logits[:, -1:], torch.ones(1, 2)),
+                          atol=1e-5)

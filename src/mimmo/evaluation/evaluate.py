@@ -19,6 +19,8 @@ from mimmo.data.datasets import ImageSet, Normalizer
 from mimmo.data.shifts import SHIFTS, apply_shift, set_name, shifted_sets
 from mimmo.evaluation.metrics import (
     classification_metrics,
+    exit_log_probs,
+    exit_metrics,
     member_log_probs,
     member_metrics,
     misclassification_auroc,
@@ -37,6 +39,7 @@ class SetPrediction:
     log_probs: Tensor  # (N, K): the predictive mixture
     member_log_probs: Tensor  # (N, M, K): each member's own mixture over its exits
     weights: Tensor  # (D, M): the exit weights of the mixture
+    exit_log_probs: Tensor  # (N, D, K): each exit's own ensemble of the members
 
 
 @dataclass(frozen=True)
@@ -109,16 +112,17 @@ def predict_readouts(method: nn.Module, images_u8: Tensor, normalizer: Normalize
     normalisation. The method is left in its previous mode."""
     if not readouts:
         raise ValueError("give at least one readout")
-    parts: dict[str, tuple[list, list, Tensor | None]] = {name: ([], [], None) for name in readouts}
+    parts: dict[str, tuple[list, list, list, Tensor | None]] = {name: ([], [], [], None) for name in readouts}
     for prediction in _predictions(method, images_u8, normalizer, batch_size, device, transform):
         for name, readout in readouts.items():
             logits, weights = readout.apply(prediction.logits, prediction.weights)
-            log_probs, members, _ = parts[name]
+            log_probs, members, exits, _ = parts[name]
             log_probs.append(mixture_log_probs(logits, weights).cpu())
             members.append(member_log_probs(logits, weights).cpu())
-            parts[name] = (log_probs, members, weights.detach().float().cpu())
-    return {name: SetPrediction(torch.cat(log_probs), torch.cat(members), weights)
-            for name, (log_probs, members, weights) in parts.items()}
+            exits.append(exit_log_probs(logits).cpu())
+            parts[name] = (log_probs, members, exits, weights.detach().float().cpu())
+    return {name: SetPrediction(torch.cat(log_probs), torch.cat(members), weights, torch.cat(exits))
+            for name, (log_probs, members, exits, weights) in parts.items()}
 
 
 def predict(method: nn.Module, images_u8: Tensor, normalizer: Normalizer, batch_size: int = 500,
@@ -145,11 +149,14 @@ def predict_logits(method: nn.Module, images_u8: Tensor, normalizer: Normalizer,
 
 
 def set_metrics(prediction: SetPrediction, targets: Tensor, reliability: bool = False) -> dict:
-    """Mixture metrics, misclassification AUROC and, for several members, member metrics."""
+    """Mixture metrics, misclassification AUROC and, for several members, member metrics; for several exits,
+    exit metrics."""
     metrics: dict = classification_metrics(prediction.log_probs, targets)
     metrics["misclassification_auroc"] = misclassification_auroc(prediction.log_probs, targets)
     if prediction.member_log_probs.shape[1] > 1:
         metrics.update(member_metrics(prediction.member_log_probs, targets))
+    if prediction.exit_log_probs.shape[1] > 1:
+        metrics.update(exit_metrics(prediction.exit_log_probs, targets))
     if reliability:
         metrics["reliability"] = reliability_bins(prediction.log_probs, targets)
     return metrics
@@ -201,7 +208,9 @@ def evaluate_method(method: nn.Module, data: ImageSet, normalizer: Normalizer, b
 
     Returns ``{"test": metrics + "reliability", "shifted": {"summary": {metric: {"mean", "std"}},
     "sets": {"rotate/45": metrics, ...}}}`` (``"shifted"`` is None when not ``shifted``). Metrics are
-    accuracy, nll, ece, brier, entropy, misclassification_auroc, and with several members
-    member_accuracy, member_nll and disagreement.
+    accuracy, nll, ece, brier, entropy, confidence, accuracy_minus_confidence, misclassification_auroc; with
+    several members member_accuracy, member_nll, member_confidence, member_accuracy_minus_confidence and
+    disagreement; with several exits exit_accuracy, exit_nll, exit_confidence and
+    exit_accuracy_minus_confidence (each exit's equal-weight ensemble of the members).
     """
     return evaluate_readouts(method, data, normalizer, {"raw": RAW}, batch_size, device, shift_seed, shifted)["raw"]

@@ -1,7 +1,12 @@
-"""Metrics of the predictive mixture over a whole set (SPEC §7), and of its members.
+"""Metrics of the predictive mixture over a whole set (SPEC §7), of its members and of its exits.
 
 The mixture metrics take ``log_probs`` (N, K), the log of the predictive mixture, and integer
-``targets`` (N,). The member metrics take each member's own mixture over its exits, (N, M, K).
+``targets`` (N,). The member metrics take each member's own mixture over its exits, (N, M, K); the exit
+metrics each exit's own ensemble over the members, (N, D, K).
+
+Besides the paper's metrics, every prediction gets its mean confidence (the mean top probability) and its
+accuracy minus that confidence: positive for an under-confident prediction, negative for an over-confident
+one. The ECE is the same gap per confidence bin, without the sign.
 """
 
 from __future__ import annotations
@@ -62,6 +67,11 @@ def reliability_bins(log_probs: Tensor, targets: Tensor, num_bins: int = ECE_BIN
         "accuracy": (acc_sum / safe).tolist(),
         "count": [int(c) for c in count.tolist()],
     }
+
+
+def mean_confidence(log_probs: Tensor) -> float:
+    """Mean top-label probability."""
+    return log_probs.max(dim=1).values.exp().mean().item()
 
 
 def brier_score(log_probs: Tensor, targets: Tensor) -> float:
@@ -130,10 +140,44 @@ def member_metrics(member_log_probs: Tensor, targets: Tensor) -> dict[str, float
     disagreement = (sum((predicted[:, m] != predicted[:, n]).float().mean().item() for m, n in pairs)
                     / len(pairs) if pairs else 0.0)
     target_log_probs = member_log_probs.gather(2, targets[:, None, None].expand(-1, num_members, 1))[..., 0]
+    accuracy_per_member = (predicted == targets[:, None]).float().mean(dim=0)
+    confidence = member_log_probs.max(dim=2).values.exp().mean(dim=0)
     return {
-        "member_accuracy": (predicted == targets[:, None]).float().mean(dim=0).tolist(),
+        "member_accuracy": accuracy_per_member.tolist(),
         "member_nll": (-target_log_probs.mean(dim=0)).tolist(),
+        "member_confidence": confidence.tolist(),
+        "member_accuracy_minus_confidence": (accuracy_per_member - confidence).tolist(),
         "disagreement": disagreement,
+    }
+
+
+def exit_log_probs(logits: Tensor) -> Tensor:
+    """Each exit's own ensemble of the members, log (1/M) sum_m softmax(logits[:, i, m]): (B, D, K).
+
+    The members are averaged with equal weights, whatever the mixture's exit weights: this is what a network cut
+    after exit i would predict."""
+    if logits.dim() != 4:
+        raise ValueError(f"logits must be (B, D, M, K), got {tuple(logits.shape)}")
+    return torch.logsumexp(F.log_softmax(logits.float(), dim=-1), dim=2) - math.log(logits.shape[2])
+
+
+def exit_metrics(exit_log_probs: Tensor, targets: Tensor) -> dict[str, list[float]]:
+    """Per exit: accuracy, NLL, mean confidence and accuracy minus confidence of its ensemble over the members.
+
+    ``exit_log_probs`` is (N, D, K); see :func:`exit_log_probs`."""
+    exit_log_probs, targets = exit_log_probs.detach().float().cpu(), targets.detach().cpu()
+    if exit_log_probs.dim() != 3 or targets.shape != exit_log_probs.shape[:1]:
+        raise ValueError(f"exit_log_probs must be (N, D, K) and targets (N,), got "
+                         f"{tuple(exit_log_probs.shape)} and {tuple(targets.shape)}")
+    num_exits = exit_log_probs.shape[1]
+    accuracy_per_exit = (exit_log_probs.argmax(dim=2) == targets[:, None]).float().mean(dim=0)
+    confidence = exit_log_probs.max(dim=2).values.exp().mean(dim=0)
+    target_log_probs = exit_log_probs.gather(2, targets[:, None, None].expand(-1, num_exits, 1))[..., 0]
+    return {
+        "exit_accuracy": accuracy_per_exit.tolist(),
+        "exit_nll": (-target_log_probs.mean(dim=0)).tolist(),
+        "exit_confidence": confidence.tolist(),
+        "exit_accuracy_minus_confidence": (accuracy_per_exit - confidence).tolist(),
     }
 
 
@@ -148,12 +192,16 @@ def _check(log_probs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def classification_metrics(log_probs: Tensor, targets: Tensor) -> dict[str, float]:
-    """Accuracy, NLL, ECE, Brier and predictive entropy of the mixture."""
+    """Accuracy, NLL, ECE, Brier, predictive entropy, mean confidence and accuracy minus confidence of the
+    mixture."""
     log_probs, targets = _check(log_probs, targets)
+    acc, confidence = accuracy(log_probs, targets), mean_confidence(log_probs)
     return {
-        "accuracy": accuracy(log_probs, targets),
+        "accuracy": acc,
         "nll": negative_log_likelihood(log_probs, targets),
         "ece": expected_calibration_error(log_probs, targets),
         "brier": brier_score(log_probs, targets),
         "entropy": predictive_entropy(log_probs),
+        "confidence": confidence,
+        "accuracy_minus_confidence": acc - confidence,
     }

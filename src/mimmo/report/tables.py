@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mimmo.report.runs import Run, RunGroup, settings_order
+from mimmo.run_folder import write_text_atomic
 from mimmo.style import DISPLAY_NAMES, method_rank
 
 # Methods whose M is not the ensemble size the tables are indexed by: shown in every M's table.
@@ -285,6 +286,6 @@ def write_tables(groups: Sequence[RunGroup], out_dir: str | Path) -> tuple[str, 
         texts.append(markdown)
         for suffix, text in ((".md", markdown), (".tex", to_latex(table)), (".csv", to_csv(table))):
             path = out_dir / f"{table.stem}{suffix}"
-            path.write_text(text, encoding="utf-8")
+            write_text_atomic(path, text)
             paths.append(path)
     return "\n".join(texts), paths
