@@ -133,6 +133,9 @@ def validate_training(cfg: DictConfig) -> None:
         (is_integer(train.log_every_n_steps) and train.log_every_n_steps >= 1,
          f"train.log_every_n_steps must be an integer >= 1, got {train.log_every_n_steps!r}"),
         (cfg.data.name in DATASETS, f"unknown dataset {cfg.data.name!r}; choose one of {sorted(DATASETS)}"),
+        (isinstance(noise := cfg.data.get("label_noise", 0.0), (int, float)) and not isinstance(noise, bool)
+         and 0.0 <= noise < 1.0,
+         f"data.label_noise must be a number in [0, 1) (the fraction of training labels replaced), got {noise!r}"),
         (is_integer(cfg.seed), f"seed must be an integer, got {cfg.seed!r}"),
     ]
     for ok, message in checks:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import importlib.resources
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +150,28 @@ def split_train(name: str, train: ImageSet, test: ImageSet, num_classes: int, va
             _, keep = stratified_split(train_part.labels, train_size / len(train_part), generator, total=train_size)
             train_part = train_part.subset(keep)
     return Splits(name, train_part, train.subset(validation_index), test, num_classes, class_names)
+
+
+def with_label_noise(splits: Splits, fraction: float, seed: int) -> Splits:
+    """Symmetric label noise on the training split only: exactly round(``fraction`` × N) training images, drawn
+    from ``seed``, get a label drawn uniformly from the other K − 1 classes. Validation and test labels stay clean.
+
+    The draw depends on the seed and the split alone, so every method trained with a seed sees the same noisy
+    labels. A stress test (memorisation of wrong labels makes an unregularised network's held-out NLL rise,
+    as the paper's Base does on CIFAR-100), not a property of the data."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"data.label_noise must lie in [0, 1) (the fraction of training labels replaced), "
+                         f"got {fraction!r}")
+    if fraction == 0.0:
+        return splits
+    if splits.num_classes < 2:
+        raise ValueError(f"{splits.name}: label noise needs at least 2 classes, got {splits.num_classes}")
+    generator = torch.Generator().manual_seed(seed + 1_000_003)  # a stream of its own, apart from the split's
+    labels = splits.train.labels.clone()
+    flipped = torch.randperm(len(labels), generator=generator)[:round(fraction * len(labels))]
+    offset = torch.randint(1, splits.num_classes, (len(flipped),), generator=generator)
+    labels[flipped] = (labels[flipped] + offset) % splits.num_classes
+    return replace(splits, train=ImageSet(splits.train.images, labels))
 
 
 def load_embedded(seed: int, validation_fraction: float = 0.1, test_fraction: float = 0.2,

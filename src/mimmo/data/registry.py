@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mimmo.data.datasets import CIFAR_HELP, CIFAR_LAYOUT, Splits, load_cifar, load_embedded
+from mimmo.data.datasets import CIFAR_HELP, CIFAR_LAYOUT, Splits, load_cifar, load_embedded, with_label_noise
 from mimmo.data.download import download_cifar
 from mimmo.data.folder import check_channels, check_folder, folder_classes, image_size, load_folder
 
@@ -111,7 +111,8 @@ def check_data(data: DataConfig) -> None:
 
 
 def load_data(data: DataConfig, seed: int) -> Splits:
-    """The configured dataset's splits, drawn from ``seed``."""
+    """The configured dataset's splits, drawn from ``seed`` (with ``data.label_noise``, the training labels
+    noisy: :func:`mimmo.data.datasets.with_label_noise`)."""
     spec = dataset_spec(data)
     spec.check(data)
-    return spec.load(data, seed)
+    return with_label_noise(spec.load(data, seed), float(data.get("label_noise", 0.0)), seed)
