@@ -140,8 +140,28 @@ def test_demo_folders_per_configuration_and_reused_runs(tmp_path, monkeypatch, c
     assert "reused" not in second
     monkeypatch.setattr(demo, "train", lambda cfg, run_dir: json.loads((Path(run_dir) / "metrics.json").read_text()))
     third = demo.run_demo(tmp_path, epochs=2)
-    assert [line.split(" | ")[-1] for line in third.splitlines()[2:]] == ["reused |"] * 3
+    assert [line.split(" | ")[-1] for line in third.splitlines()[2:5]] == ["reused |"] * 3
     assert "[demo 1/3] base: finished before, reused" in capsys.readouterr().out
+
+
+def test_demo_findings_say_what_the_numbers_show():
+    def row(method, members, exits, accuracy, nll, gap, shifted_nll):
+        return {"method": method, "num_members": members, "num_exits": exits,
+                "test": {"accuracy": accuracy, "nll": nll, "accuracy_minus_confidence": gap},
+                "shifted": {"summary": {"nll": {"mean": shifted_nll}}}}
+
+    rows = [row("base", 1, 1, 0.96, 0.13, 0.01, 4.98), row("mimo", 2, 1, 0.92, 0.27, 0.03, 4.46),
+            row("mimmo", 2, 4, 0.90, 0.48, 0.15, 3.75)]
+    clean, shifted = demo.findings(rows)
+    assert clean.startswith("Clean test set: base is the most accurate (0.960) and has the lowest NLL (0.130)")
+    assert "base +0.010, mimo +0.030, mimmo +0.150" in clean
+    assert "mimo and mimmo average several predictions" in clean  # Base, one prediction, is not named
+    assert shifted.startswith("Under the 25 shifts (mean): NLL base 4.98, mimo 4.46, mimmo 3.75; mimmo holds up best")
+    rows[2]["test"].update(nll=0.10, accuracy_minus_confidence=0.0)
+    clean, _ = demo.findings(rows)
+    assert "mimmo has the lowest NLL (0.100)" in clean and "; mimo averages several predictions" in clean
+    del rows[0]["shifted"]  # a run evaluated without the shifted sets: no line on them
+    assert len(demo.findings(rows)) == 1
 
 
 def _colours_by_marker(monkeypatch, make) -> dict[str, set[tuple]]:
