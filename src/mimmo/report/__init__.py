@@ -4,7 +4,8 @@
 tables into ``out_dir`` and the figures into ``out_dir/figures``, and returns the Markdown. Where runs have
 post-hoc sections (calibrated metrics, exits pruned by θ, anytime tables) it adds their tables
 (``posthoc.md``) and the anytime figure; where runs have the confidence metrics, a confidence section
-(``confidence.md``). It never retrains anything.
+(``confidence.md``); where they have training logs, a convergence section (``convergence.md``). It never
+retrains anything.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mimmo.report.confidence import CONFIDENCE_FILE, confidence_markdown
+from mimmo.report.convergence import CONVERGENCE_FILE, convergence_markdown
 from mimmo.report.figures import make_figures
 from mimmo.report.posthoc import posthoc_figures, posthoc_markdown
 from mimmo.report.runs import Run, RunGroup, SkippedRunsWarning, group_runs, load_runs
@@ -30,10 +32,11 @@ def report(paths: Iterable[str | Path], out_dir: str | Path, figures: bool = Tru
     groups = group_runs(load_runs(list(paths)))
     markdown, _ = write_tables(groups, out_dir)
     text = "# Results\n\n" + markdown
-    confidence = confidence_markdown(groups)  # under- or over-confidence of mixtures, members and exits
-    if confidence:
-        text += "\n" + confidence
-        write_text_atomic(out_dir / CONFIDENCE_FILE, confidence)
+    for name, section in ((CONFIDENCE_FILE, confidence_markdown(groups)),  # under- or over-confidence
+                          (CONVERGENCE_FILE, convergence_markdown(groups))):  # settled? held-out NLL rising?
+        if section:
+            text += "\n" + section
+            write_text_atomic(out_dir / name, section)
     extra = posthoc_markdown(groups)  # calibrated, pruned and anytime sections, where the runs have them
     if extra:
         text += "\n" + extra

@@ -246,13 +246,21 @@ def training_curves(run: Run) -> dict[str, tuple[list[int], list[float]]]:
 
 
 def training_curves_figure(group: RunGroup, path: str | Path) -> Path | None:
-    """Accuracy and NLL over the epochs on the training split (eval mode) and the validation split, mean over
-    seeds: the overfitting picture (training accuracy near 1 while the held-out NLL rises)."""
+    """Accuracy and NLL over the epochs on the training split (eval mode) and the validation split, and the
+    training loss (the method's objective, mean over each epoch's steps), mean over seeds: the overfitting picture
+    (training accuracy near 1 while the held-out NLL rises) and whether the objective has flattened."""
     curves = [training_curves(run) for run in group.runs]
     if not curves or not all("val/nll" in c for c in curves):
         return None
-    figure, axes = _grid(2, max_columns=2, size=(3.6, 3.0))
-    for ax, (key, label) in zip(axes, [("accuracy", "accuracy"), ("nll", "NLL [nats]")], strict=True):
+    with_loss = all("train/loss" in c for c in curves)
+    figure, axes = _grid(3 if with_loss else 2, max_columns=3, size=(3.6, 3.0))
+    if with_loss:
+        length = min(len(c["train/loss"][0]) for c in curves)
+        axes[2].plot(curves[0]["train/loss"][0][:length],
+                     np.mean([c["train/loss"][1][:length] for c in curves], axis=0), "-", color="black")
+        axes[2].set_xlabel("epoch")
+        axes[2].set_ylabel("training loss (objective)")
+    for ax, (key, label) in zip(axes, [("accuracy", "accuracy"), ("nll", "NLL [nats]")], strict=False):
         for split, style, name in (("train_eval", "-", "training split"), ("val", "--", "validation split")):
             series = [c.get(f"{split}/{key}") for c in curves]
             if any(s is None for s in series):
@@ -414,6 +422,39 @@ def alpha_ablation_figure(groups: Sequence[RunGroup], path: str | Path) -> Path 
     return _save(figure, path)
 
 
+def alpha_exit_weights_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | None:
+    """Fig. 5's companion: the learned exit weights against alpha, one line per exit (final θ, mean over the
+    members and seeds, ± std over seeds of the members' mean), one panel per M. None unless the groups hold at
+    least two alphas with learned exit weights."""
+    points = []
+    for group in groups:
+        alpha = group.setting("method.alpha")
+        finals = [np.asarray(w, dtype=float).mean(axis=1) for w in (run.get("exit_weights") for run in group.runs)
+                  if w is not None]  # each (D,): the mean over members of a run's final weights
+        if isinstance(alpha, (int, float)) and finals:
+            points.append((group.num_members, float(alpha), np.mean(finals, axis=0), np.std(finals, axis=0)))
+    if len({alpha for _, alpha, _, _ in points}) < 2:
+        return None
+    sizes = sorted({size for size, *_ in points})
+    figure, axes = _grid(len(sizes), max_columns=3, size=(3.4, 3.0))
+    for ax, size in zip(axes, sizes, strict=False):
+        series = sorted((alpha, mean, std) for m, alpha, mean, std in points if m == size)
+        alphas = np.array([alpha for alpha, _, _ in series])
+        means, stds = np.array([mean for _, mean, _ in series]), np.array([std for _, _, std in series])
+        for i, colour in enumerate(_exit_colours(means.shape[1])):
+            ax.errorbar(alphas, means[:, i], yerr=stds[:, i], color=colour, marker="o", capsize=2,
+                        label=f"exit {i + 1}")
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("α")
+        ax.set_ylabel("θ (final, mean over members)")
+        ax.set_title(f"M = {size}", fontsize=9)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper", fontsize=7)
+    figure.suptitle("Exit weights against α", fontsize=10)
+    return _save(figure, path)
+
+
 def depth_width_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | None:
     """Fig. 6 kind: each metric against FLOPs [M], colour = M, marker = (layers, width); upper row test set,
     lower row shifted sets. None unless the groups hold at least two (layers, width) shapes."""
@@ -514,6 +555,8 @@ def make_figures(runs: Sequence[Run] | Sequence[RunGroup], out_dir: str | Path) 
         for method in sorted({g.method for g in in_context}, key=method_rank):
             of_method = [g for g in in_context if g.method == method]
             written.append(alpha_ablation_figure(of_method, out_dir / f"ablation_alpha_{suffix}_{method}.png"))
+            written.append(alpha_exit_weights_figure(of_method,
+                                                     out_dir / f"ablation_alpha_exit_weights_{suffix}_{method}.png"))
             written.append(depth_width_figure(of_method, out_dir / f"ablation_depth_width_{suffix}_{method}.png"))
     for group in groups:
         name = f"{_group_slug(group)}.png"
@@ -523,6 +566,7 @@ def make_figures(runs: Sequence[Run] | Sequence[RunGroup], out_dir: str | Path) 
     return [path for path in written if path is not None]
 
 
-__all__ = ["alpha_ablation_figure", "cost_figure", "depth_width_figure", "exit_weights_figure",
-           "exit_weights_history_figure", "feature_reuse_figure", "make_figures", "pooled_reliability",
-           "reliability_figure", "shift_figure", "sort_groups", "training_curves", "training_curves_figure"]
+__all__ = ["alpha_ablation_figure", "alpha_exit_weights_figure", "cost_figure", "depth_width_figure",
+           "exit_weights_figure", "exit_weights_history_figure", "feature_reuse_figure", "make_figures",
+           "pooled_reliability", "reliability_figure", "shift_figure", "sort_groups", "training_curves",
+           "training_curves_figure"]
