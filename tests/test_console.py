@@ -164,6 +164,19 @@ def test_demo_findings_say_what_the_numbers_show():
     assert len(demo.findings(rows)) == 1
 
 
+def test_demo_says_which_runs_are_still_training(tmp_path):
+    rows = []
+    for method, losses in (("base", [1.0, 0.5, 0.30, 0.298]), ("mimmo", [4.0, 3.0, 2.0, 1.5])):
+        (tmp_path / method / "log").mkdir(parents=True)
+        lines = ["epoch,step,train/loss"] + [f"{e},{e},{loss}" for e, loss in enumerate(losses)]
+        (tmp_path / method / "log" / "metrics.csv").write_text("\n".join(lines) + "\n")
+        rows.append({"method": method, "config": {"train": {"epochs": 4}}, "run_dir": tmp_path / method})
+    assert demo.still_training(rows) == (
+        "Still training: the training objective changed by mimmo -25% in the last epoch, so these runs are not "
+        "converged; `mimmo demo --epochs N` trains longer (into new folders).")
+    assert demo.still_training(rows[:1]) is None  # Base's last epoch: -0.7%, flat
+
+
 def _colours_by_marker(monkeypatch, make) -> dict[str, set[tuple]]:
     """The colours of the data markers in the figure that ``make`` draws, per marker (a method's marker)."""
     drawn = []

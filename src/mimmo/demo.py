@@ -16,6 +16,8 @@ from omegaconf import DictConfig
 
 from mimmo.config import compose
 from mimmo.console import format_duration
+from mimmo.report.convergence import loss_change
+from mimmo.report.runs import Run
 from mimmo.run_folder import METRICS_FILE
 from mimmo.training import prepare_run, semantic_config, train
 
@@ -55,9 +57,28 @@ def _number(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def still_training(rows: list[dict], threshold: float = 0.02) -> str | None:
+    """A line naming the methods whose training objective still fell by more than ``threshold`` in the last
+    epoch (None when every run has flattened, or no run has a log): their numbers are not those of a trained
+    model."""
+    falling = []
+    for row in rows:
+        if row.get("run_dir") is None:
+            continue
+        run = Run(Path(row["run_dir"]), row, row.get("config", {}))
+        change = loss_change(run, window=1 / row["config"]["train"]["epochs"])  # the last epoch against the one before
+        if change is not None and change < -threshold:
+            falling.append(f"{row['method']} {change:+.0%}")
+    if not falling:
+        return None
+    return (f"Still training: the training objective changed by {', '.join(falling)} in the last epoch, so these "
+            "runs are not converged; `mimmo demo --epochs N` trains longer (into new folders).")
+
+
 def findings(rows: list[dict]) -> list[str]:
-    """Two lines under the table on what its numbers show: the clean test set (who is most accurate, whose
-    predictions are under- or over-confident) and the 25 shifted sets (whose NLL holds up best)."""
+    """Lines under the table on what its numbers show: the clean test set (who is most accurate, whose
+    predictions are under- or over-confident), the 25 shifted sets (whose NLL holds up best) and, where a run's
+    training objective was still falling, that it is not converged."""
     by_name = {r["method"]: r for r in rows}
     lines = []
     best, lowest_nll = (max(rows, key=lambda r: r["test"]["accuracy"]), min(rows, key=lambda r: r["test"]["nll"]))
@@ -78,6 +99,9 @@ def findings(rows: list[dict]) -> list[str]:
         lines.append("Under the 25 shifts (mean): NLL " + ", ".join(f"{n} {v:.2f}" for n, v in shifted.items())
                      + f"; {most_robust} holds up best. Where one network overfits (a regime with label noise), "
                      "see docs/results.md in the repository.")
+    training = still_training(rows)
+    if training:
+        lines.append(training)
     return lines
 
 
@@ -104,7 +128,7 @@ def run_demo(output_dir: str | Path = "runs/demo", epochs: int | None = None, se
               + f" ({run_dir})", flush=True)
         start = time.perf_counter()
         metrics = train(cfg, run_dir)
-        rows.append({**metrics, "seconds": None if finished else time.perf_counter() - start})
+        rows.append({**metrics, "seconds": None if finished else time.perf_counter() - start, "run_dir": run_dir})
     table = format_table(rows)
     notes = "\n".join(findings(rows))
     print(f"\nTest set of the embedded data (animal-shape-mnist), runs in {output_dir}:\n\n{table}\n\n{notes}",
