@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from mimmo.console import run_summary
+from mimmo.data.augment import augmentation, member_views
 from mimmo.data.datasets import ImageSet, Normalizer, Splits
 from mimmo.data.loader import BatchLoader
 from mimmo.data.registry import DATASETS, check_data, dataset_shape, load_data
@@ -48,6 +49,7 @@ from mimmo.methods.base import Method, Progress, is_integer, mixture_log_probs
 from mimmo.methods.registry import build_method
 from mimmo.models.backbone import backbone_input_shape
 from mimmo.models.registry import build_backbone_factory
+from mimmo.recipe import build_optimizer, build_schedule, graphs_capturable, setting, validate_recipe
 from mimmo.run_folder import (
     CONFIG_FILE,
     FORMAT_VERSION,
@@ -141,6 +143,11 @@ def validate_training(cfg: DictConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    validate_recipe(train)
+    if train.get("cuda_graphs", "auto") is True and not graphs_capturable(train):
+        raise ValueError(f"train.cuda_graphs=true needs train.optimizer=adam (torch's SGD step cannot be captured in "
+                         f"a CUDA graph), got train.optimizer={setting(train, 'optimizer')}; use "
+                         "train.cuda_graphs=auto (eager steps for sgd) or false")
     warm = cfg.method.get("warm_start_epochs")
     if warm is not None and cfg.method.name not in ("mimmo_gamma",) and warm >= train.epochs:
         raise ValueError(f"method.warm_start_epochs ({warm}) must be < train.epochs ({train.epochs}): during the "
@@ -187,7 +194,8 @@ def prepare_run(cfg: DictConfig) -> tuple[Splits, Method]:
 
 
 class MethodModule(L.LightningModule):
-    """Runs any method: Adam, per-epoch cosine schedule to 0, warm start through ``Progress``.
+    """Runs any method with the configured recipe (:mod:`mimmo.recipe`; the paper's: Adam, per-epoch cosine
+    schedule to 0, no augmentation), warm start through ``Progress``.
 
     Optimisation is manual: each training step is one :class:`~mimmo.training_step.TrainingStep` (zero
     gradients, loss, backward, update), eager or replayed as a CUDA graph (``train.cuda_graphs``), and the
@@ -205,21 +213,23 @@ class MethodModule(L.LightningModule):
         self.validation_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.step: TrainingStep | None = None
         self.epoch_sums: torch.Tensor | None = None
+        self.augment = augmentation(setting(cfg.train, "augment"))  # None for train.augment=none
 
     def uses_cuda_graphs(self) -> bool:
         """``train.cuda_graphs``: auto (the default) replays training steps as CUDA graphs on a GPU when one
-        process trains (data-parallel runs stay eager: their gradient all-reduce is not captured)."""
-        setting = self.train_cfg.get("cuda_graphs", "auto")
+        process trains with Adam (data-parallel runs stay eager: their gradient all-reduce is not captured; so do
+        SGD runs: :func:`~mimmo.recipe.graphs_capturable`)."""
+        graphs = self.train_cfg.get("cuda_graphs", "auto")
         available = cuda_graphs_available(self.device, self.trainer.world_size)
-        if setting is True and not available:
+        if graphs is True and not available:
             raise ValueError(f"train.cuda_graphs=true needs one CUDA device and one process; this run trains on "
                              f"{self.device.type} with {self.trainer.world_size} process(es) (use auto or false)")
-        return available if setting == "auto" else bool(setting)
+        return available and graphs_capturable(self.train_cfg) if graphs == "auto" else bool(graphs)
 
     def configure_optimizers(self) -> dict[str, Any]:
         # Its form for the (graphed or eager) step is set at the first step, after a resumed checkpoint is loaded.
-        optimizer = torch.optim.Adam(self.method.parameters(), lr=self.train_cfg.lr, weight_decay=0.0)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.train_cfg.epochs, eta_min=0.0)
+        optimizer = build_optimizer(self.method.parameters(), self.train_cfg)
+        schedule = build_schedule(optimizer, self.train_cfg)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
     def train_dataloader(self) -> BatchLoader:
@@ -244,6 +254,12 @@ class MethodModule(L.LightningModule):
         if x.dim() == 4 and self.uses_channels_last():
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def prepare_training(self, images: torch.Tensor) -> torch.Tensor:
+        """A training batch (inside the training step, so a graphed step augments afresh at every replay): with
+        ``train.augment`` every image (every stream or member view of a sample too) augmented independently, on
+        the raw pixels, then :meth:`prepare`."""
+        return self.prepare(images if self.augment is None else self.augment(images))
 
     def uses_channels_last(self) -> bool:
         """``train.channels_last``: true, false, or auto (true on a CPU, where training measured 1.3-1.4x
@@ -282,9 +298,11 @@ class MethodModule(L.LightningModule):
         if self.step is None:
             graphs = self.uses_cuda_graphs()
             prepare_optimizer(optimizer.optimizer, graphs, self.device)
-            self.step = TrainingStep(self.training_loss, self.method.graph_key, self.prepare, optimizer.optimizer,
-                                     backward=self.manual_backward,
+            self.step = TrainingStep(self.training_loss, self.method.graph_key, self.prepare_training,
+                                     optimizer.optimizer, backward=self.manual_backward,
                                      graphs=make_graph_backend(self.device) if graphs else None)
+        if self.augment is not None and self.method.augment_views > 1:  # one view per member, augmented apart
+            images, labels = member_views(images, labels, self.method.augment_views)
         optimizer._on_before_step()  # Lightning counts optimiser steps (global_step) through these two hooks
         stats = self.step(images, labels, progress)
         optimizer._on_after_step()

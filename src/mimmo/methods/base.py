@@ -100,6 +100,10 @@ class Method(nn.Module):
     # the loader passes x (B, S, C, ...) and y (B, S) to training_loss, stream s being its own shuffle
     # (the Ensemble: one stream per member, each member with its own data order).
     data_streams: int = 1
+    # How many views of each training image a batch carries under ``train.augment``: with V > 1 the trainer
+    # passes x (B, V, C, ...) and y (B, V), V copies of each sample that it augmented independently, and member
+    # m reads view m (the multi-input methods, whose members otherwise read the same image of a sample).
+    augment_views: int = 1
 
     def forward(self, x: Tensor) -> Prediction:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -38,6 +38,7 @@ class MultiInputMethod(Method):
         super().__init__()
         validate_multi_input(num_members, repetitions, input_repetition)
         self.num_members = num_members
+        self.augment_views = num_members  # under train.augment every member gets its own view of a sample
         self.repetitions = repetitions
         self.input_repetition = float(input_repetition)
 
@@ -46,10 +47,19 @@ class MultiInputMethod(Method):
         return x.repeat(1, self.num_members, *([1] * (x.dim() - 2)))
 
     def training_batch(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Training inputs (R*B, M*C, ...) and the targets of what each member received, (R*B, M)."""
+        """Training inputs (R*B, M*C, ...) and the targets of what each member received, (R*B, M).
+
+        ``x`` (B, C, ...) with ``y`` (B,); or, augmented, one view per member, x (B, M, C, ...) with y (B, M)
+        (:attr:`Method.augment_views`): member m then reads view m of the sample it receives."""
         index = member_indices(x.shape[0], self.num_members, self.repetitions, self.input_repetition,
                                device=x.device)
-        return x[index].flatten(1, 2), y[index]
+        if y.dim() == 1:
+            return x[index].flatten(1, 2), y[index]
+        if y.shape[1] != self.num_members or x.shape[:2] != y.shape:
+            raise ValueError(f"{self.name} takes one view per member: x (B, {self.num_members}, C, ...) and y "
+                             f"(B, {self.num_members}); got x {tuple(x.shape)} and y {tuple(y.shape)}")
+        members = torch.arange(self.num_members, device=x.device)
+        return x[index, members].flatten(1, 2), y[:, 0][index]
 
     def member_input_weights(self) -> list[Tensor]:
         weight = first_layer(self.backbone.stem).weight.detach()  # (C_out, M*C, ...)

@@ -193,7 +193,7 @@ class MixMo(MultiInputMethod):
 
     def training_loss(self, x: Tensor, y: Tensor, progress: Progress) -> LossOutput:
         inputs, targets = self.training_batch(x, y)
-        features = self.encode(inputs.unflatten(1, (self.num_members, x.shape[1])))
+        features = self.encode(inputs.unflatten(1, (self.num_members, -1)))
         draw = self.draw_mixing(features, progress)
         loss = self.mixed_loss(features, targets, draw)
         return LossOutput(loss, {"nll": loss.detach(), "cutmix": draw.cutmix.float()})
