@@ -1,15 +1,19 @@
 """The config directory and config composition, without torch (``cli``, ``grid``, ``demo`` and tests share it).
 
 ``compose(overrides)`` gives the resolved config that ``mimmo train <overrides>`` would run, through Hydra's
-compose API (no run directory, nothing written).
+compose API (no run directory, nothing written). ``check_known_keys(cfg)`` refuses a setting that no config
+file declares (``+train.weight_decay2=0.5`` would otherwise be written into the run's config and folder name and
+read by nothing).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mimmo.run_folder import register_resolvers
 
@@ -23,3 +27,48 @@ def compose(overrides: list[str]) -> DictConfig:
     """The config for ``overrides`` without running anything (no Hydra run directory)."""
     with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return hydra.compose(config_name="config", overrides=list(overrides))
+
+
+# The config groups whose section names its option (``method=mimo`` gives ``method.name: mimo``).
+NAMED_GROUPS = ("method", "model", "data")
+
+
+@lru_cache(maxsize=64)
+def _declared(choices: tuple[str, ...]) -> dict[str, Any]:
+    declared = OmegaConf.to_container(compose(list(choices)), resolve=False)
+    assert isinstance(declared, dict)
+    return declared
+
+
+def declared_config(cfg: DictConfig) -> dict[str, Any]:
+    """What the config files declare for the options ``cfg`` chose: the config of those group options alone (no
+    values set). A section whose option has no file (a method, backbone or dataset registered from Python) is
+    None: its registry checks its options."""
+    choices, unfiled = [], []
+    for group in NAMED_GROUPS:
+        name = OmegaConf.select(cfg, f"{group}.name")
+        if isinstance(name, str) and (Path(CONFIG_DIR) / group / f"{name}.yaml").is_file():
+            choices.append(f"{group}={name}")
+        else:
+            unfiled.append(group)
+    return {**_declared(tuple(choices)), **dict.fromkeys(unfiled)}
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Refuse any key of ``cfg`` that the config files do not declare for its options (nothing would read it):
+    ValueError naming the key and the keys allowed there. Hydra's own section is not checked."""
+
+    def check(node: Any, declared: Any, path: str) -> None:
+        if not isinstance(node, dict) or not isinstance(declared, dict):
+            return  # a value (a list, a number, null), or a section without a config file
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else str(key)
+            if where == "hydra":
+                continue
+            if key not in declared:
+                section = f"the {path} settings" if path else "the top-level settings"
+                raise ValueError(f"unknown setting {where} (nothing reads it); {section} are "
+                                 f"{', '.join(sorted(map(str, declared)))}")
+            check(value, declared[key], where)
+
+    check(OmegaConf.to_container(cfg, resolve=False), declared_config(cfg), "")

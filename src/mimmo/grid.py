@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
-from mimmo.config import CONFIG_DIR
+from mimmo.config import CONFIG_DIR, check_known_keys
 from mimmo.run_folder import LAST_CHECKPOINT, METRICS_FILE
 
 GRID_DIR = Path(CONFIG_DIR) / "grid"
@@ -230,10 +230,11 @@ def validate(sweeps: Sequence[Sequence[PlannedRun]]) -> int:
         for run in runs:
             cfg = run.config
             settings = key(cfg, "method", "model", "data", "train")
-            if settings in checked:
-                continue
             shape = repr((cfg.method.name, cfg.method.get("num_members"), key(cfg, "model", "data")))
             try:
+                check_known_keys(cfg)  # every run: a top-level setting is not part of ``settings``
+                if settings in checked:
+                    continue
                 input_shape, num_classes = input_spec(cfg)
                 if shape in shapes:
                     validate_training(cfg)

@@ -33,6 +33,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
+from mimmo.config import check_known_keys
 from mimmo.console import run_summary
 from mimmo.data.augment import augmentation, member_views
 from mimmo.data.datasets import ImageSet, Normalizer, Splits
@@ -187,6 +188,7 @@ def channels_last_is_safe(method: torch.nn.Module, input_channels: int) -> bool:
 def prepare_run(cfg: DictConfig) -> tuple[Splits, Method]:
     """Everything a run checks before its folder exists: the settings, the data (loaded and checked on load)
     and the method built on it. ValueError (or FileNotFoundError for missing data) names what is wrong."""
+    check_known_keys(cfg)  # a setting no config file declares would be read by nothing
     validate_training(cfg)
     splits = load_splits(cfg)
     check_data_fits(cfg, splits)
