@@ -17,12 +17,14 @@ from mimmo.cli import main as cli_main
 from mimmo.config import check_known_keys, compose
 from mimmo.data.augment import crop_flip, member_views
 from mimmo.demo import run_demo
+from mimmo.methods.base import Base
 from mimmo.methods.mimo import MIMO
 from mimmo.models.resnet import ResNetConfig, ResNetFactory
 from mimmo.recipe import build_optimizer, build_schedule
 from mimmo.training import MethodModule, prepare_run, train, validate_training
 
 PADDING = 4
+FACTORY = ResNetFactory(ResNetConfig(layers=(1, 1), planes=(4, 4), strides=(1, 2), stem_channels=4))
 
 
 # ------------------------------------------------------------------------------------------ crop and flip
@@ -92,8 +94,7 @@ def test_crop_flip_refuses_what_is_not_an_image():
 
 
 def tiny_mimo(input_repetition: float) -> MIMO:
-    factory = ResNetFactory(ResNetConfig(layers=(1, 1), planes=(4, 4), strides=(1, 2), stem_channels=4))
-    return MIMO(factory, 3, 5, num_members=3, repetitions=2, input_repetition=input_repetition)
+    return MIMO(FACTORY, 3, 5, num_members=3, repetitions=2, input_repetition=input_repetition)
 
 
 def test_every_member_reads_its_own_view_of_a_sample():
@@ -194,9 +195,20 @@ def test_the_graphed_step_augments_afresh_at_every_replay(tmp_path, recording): 
 def test_the_optimiser_is_the_configured_one(overrides, kind, expected):
     cfg = tiny(*overrides)
     validate_training(cfg)
-    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(3))], cfg.train)
-    assert type(optimizer) is kind
+    optimizer = build_optimizer(Base(FACTORY, 3, 5), cfg.train)
+    assert type(optimizer) is kind and len(optimizer.param_groups) == 1
     assert {key: optimizer.param_groups[0][key] for key in expected} == expected
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_mimmos_depth_logits_get_no_weight_decay(weight_decay):
+    """theta's logits are regularised by the KL to the prior; every other parameter decays."""
+    method = training.build_method_from_config(tiny(f"train.weight_decay={weight_decay}"), (1, 28, 28), 10)
+    optimizer = build_optimizer(method, tiny(f"train.weight_decay={weight_decay}").train)
+    decays = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert len(decays) == len(list(method.parameters()))
+    assert decays[id(method.depth_logits)] == 0.0
+    assert {d for key, d in decays.items() if key != id(method.depth_logits)} == {weight_decay}
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
@@ -275,7 +287,7 @@ def test_the_step_schedule_multiplies_the_rate_at_each_milestone(tmp_path, monke
 def test_build_schedule_follows_the_milestones_to_the_end():
     cfg = tiny("train.epochs=10", "train.schedule=step", "train.milestones=[2,5,9]", "train.lr_decay=0.1",
                "train.lr=1.0")
-    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.train)
+    optimizer = build_optimizer(Base(FACTORY, 3, 5), cfg.train)
     schedule = build_schedule(optimizer, cfg.train)
     rates = []
     for _ in range(10):

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 
 from mimmo.data.augment import AUGMENTATIONS
-from mimmo.methods.base import is_finite_number, is_integer, require
+from mimmo.methods.base import Method, is_finite_number, is_integer, require
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "step")
@@ -61,10 +61,17 @@ def validate_recipe(train: DictConfig) -> None:
             f"train.milestones ({values}) are for train.schedule=step; train.schedule is {schedule!r}")
 
 
-def build_optimizer(parameters: Any, train: DictConfig) -> torch.optim.Optimizer:
-    """``train.optimizer`` at ``train.lr`` with ``train.weight_decay`` (Adam's is L2 added to the gradient, as in
-    torch.optim.Adam; SGD's the same), and for SGD ``train.momentum`` and ``train.nesterov``."""
+def build_optimizer(method: Method, train: DictConfig) -> torch.optim.Optimizer:
+    """``train.optimizer`` at ``train.lr`` for the method's parameters, with ``train.weight_decay`` (L2 added to
+    the gradient, for Adam as in torch.optim.Adam, not AdamW's decoupled decay) on all but the method's
+    :meth:`~mimmo.methods.base.Method.parameters_without_weight_decay`, and for SGD ``train.momentum`` and
+    ``train.nesterov``."""
     lr, weight_decay = train.lr, float(setting(train, "weight_decay"))
+    parameters: Any = list(method.parameters())
+    exempt = {id(p) for p in method.parameters_without_weight_decay()}
+    if weight_decay and exempt:
+        parameters = [{"params": [p for p in parameters if id(p) not in exempt]},
+                      {"params": [p for p in parameters if id(p) in exempt], "weight_decay": 0.0}]
     if setting(train, "optimizer") == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=float(setting(train, "momentum")),
                                nesterov=bool(setting(train, "nesterov")), weight_decay=weight_decay)

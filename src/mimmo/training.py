@@ -230,7 +230,7 @@ class MethodModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         # Its form for the (graphed or eager) step is set at the first step, after a resumed checkpoint is loaded.
-        optimizer = build_optimizer(self.method.parameters(), self.train_cfg)
+        optimizer = build_optimizer(self.method, self.train_cfg)
         schedule = build_schedule(optimizer, self.train_cfg)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 

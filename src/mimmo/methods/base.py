@@ -132,6 +132,10 @@ class Method(nn.Module):
         """The learned weights over exits (D, M), or None if the method has none to learn."""
         return None
 
+    def parameters_without_weight_decay(self) -> list[nn.Parameter]:
+        """Parameters that ``train.weight_decay`` leaves alone (the network's weights all decay)."""
+        return []
+
     def member_input_weights(self) -> list[Tensor] | None:
         """Per member, the weights of the first layer that read that member's input (feature-reuse probe,
         paper B.1): a list of M tensors (C_out, ...). None for methods without member inputs."""

@@ -111,6 +111,10 @@ class MIMMO(StagedExits, MultiInputMethod):
     def exit_weights(self) -> Tensor:
         return self.depth_weights().detach()
 
+    def parameters_without_weight_decay(self) -> list[nn.Parameter]:
+        """theta's logits: their regulariser is the KL to the prior (weight decay would pull theta to uniform)."""
+        return [self.depth_logits]
+
     def kl_divergence(self, weights: Tensor) -> Tensor:
         """KL(theta || gamma) summed over members and exits."""
         return (torch.xlogy(weights, weights) - weights * torch.log(self.prior)).sum()
