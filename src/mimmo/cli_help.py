@@ -37,7 +37,8 @@ Train one run (with --multirun: one run per combination of comma-separated value
 clean test set, the 25 shifted test sets and the validation set, and end with a summary: the run folder,
 test accuracy, NLL, ECE, Brier and the time taken.
 
-options (Hydra overrides KEY=VALUE; every key with its meaning is in src/mimmo/configs/):
+options (Hydra overrides KEY=VALUE; every key with its meaning is in src/mimmo/configs/; a key that no config
+file declares is refused):
   method=NAME              {methods}
                            (default mimmo)
   method.num_members=M     ensemble size of the methods with members (default 2)
@@ -45,6 +46,11 @@ options (Hydra overrides KEY=VALUE; every key with its meaning is in src/mimmo/c
   data=NAME                embedded (default, shipped), cifar10, cifar100 (data.root=DIR or MIMMO_DATA=DIR)
   experiment=NAME          a preset: fast (the demo's, CPU), paper, paper_mini
   train=NAME               paper (default: 100 epochs) or fast; train.epochs=N, train.batch_size=B, train.lr=LR
+  train.optimizer=adam|sgd the optimiser (default adam); sgd: train.momentum=0.9, train.nesterov=false
+  train.weight_decay=WD    L2 on the gradient, both optimisers (default 0)
+  train.schedule=cosine|step  per epoch (default cosine to 0); step: train.milestones=[E1,E2,...] (epochs),
+                           train.lr_decay=0.1 at each
+  train.augment=none|crop_flip  random 4-pixel-padded crop + horizontal flip per member input (default none)
   model.width=W            width multiplier of the ResNet backbone
   seed=S                   the split, the initialisation and every random draw of training (default 0)
   output_dir=DIR           where run folders go (default runs)
