@@ -7,11 +7,13 @@ import math
 
 import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from test_graphed_step import assert_close_weights, recording, train_eagerly_with_a_tensor_learning_rate  # noqa: F401
 from test_training import assert_same_weights, results, tiny
 
+from mimmo import grid as grids
 from mimmo import training
 from mimmo.cli import main as cli_main
 from mimmo.config import check_known_keys, compose
@@ -21,6 +23,7 @@ from mimmo.methods.base import Base
 from mimmo.methods.mimo import MIMO
 from mimmo.models.resnet import ResNetConfig, ResNetFactory
 from mimmo.recipe import build_optimizer, build_schedule
+from mimmo.run_folder import NON_SEMANTIC_KEYS
 from mimmo.training import MethodModule, prepare_run, train, validate_training
 
 PADDING = 4
@@ -395,3 +398,42 @@ def test_a_section_without_a_config_file_is_its_registrys_to_check():
     OmegaConf.update(cfg, "train.anything", 1, force_add=True)
     with pytest.raises(ValueError, match=r"unknown setting train\.anything"):
         check_known_keys(cfg)
+
+
+# ------------------------------------------------------------------------------------------- around them
+
+
+def test_the_recipe_options_name_the_run_folder(tmp_path):
+    """They change what a run computes: each is part of the folder name (none is a non-semantic key)."""
+    options = ["train.augment=crop_flip", "train.optimizer=sgd", "train.momentum=0.5", "train.nesterov=true",
+               "train.weight_decay=0.1", "train.schedule=step", "train.milestones=[1]", "train.lr_decay=0.5"]
+    assert not {option.split("=")[0] for option in options} & set(NON_SEMANTIC_KEYS)
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({"description": "recipes", "sweeps": [
+        ["method=base", f"output_dir={tmp_path}", option] for option in options]}))
+    folders = [run.folder.name for runs in grids.plan(grids.load_grid(str(path))) for run in runs]
+    assert folders == [f"method=base,{option}".replace("=true", "=True") for option in options]
+
+
+def test_a_flat_input_backbone_trains_on_augmented_member_views(tmp_path):
+    """The MLP flattens after the augmentation: crops and flips are of the images, per member view."""
+    cfg = compose(["model=mlp", "model.hidden=[8,8]", "model.stem_features=8", "method=mimo", "data.train_size=64",
+                   "train.epochs=1", "train.batch_size=16", "train.progress_bar=false", "evaluation.shifted=false",
+                   "evaluation.calibrate=false", "train.augment=crop_flip"])
+    metrics = train(cfg, tmp_path)
+    assert math.isfinite(metrics["test"]["nll"])
+
+
+def test_compose_and_the_key_check_work_inside_a_running_hydra_application():
+    """A job of a --multirun sweep runs inside Hydra: composing the reference config there must not disturb it."""
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mimmo.config import CONFIG_DIR
+
+    with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        outer = GlobalHydra.instance()
+        cfg = compose(["method=early_exit", "model=resnet18", "data=cifar10", "train=fast"])
+        check_known_keys(cfg)
+        assert GlobalHydra.instance() is outer and outer.is_initialized()
+        assert hydra.compose(config_name="config", overrides=["method=dun"]).method.name == "dun"

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.singleton import Singleton
 from omegaconf import DictConfig, OmegaConf
 
 from mimmo.run_folder import register_resolvers
@@ -24,9 +26,15 @@ register_resolvers()  # run folder names and the non-semantic settings (mimmo.ru
 
 
 def compose(overrides: list[str]) -> DictConfig:
-    """The config for ``overrides`` without running anything (no Hydra run directory)."""
-    with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return hydra.compose(config_name="config", overrides=list(overrides))
+    """The config for ``overrides`` without running anything (no Hydra run directory); also from inside a running
+    Hydra application (a job of a ``--multirun`` sweep), whose global Hydra state is set aside meanwhile."""
+    saved = Singleton._instances.pop(GlobalHydra, None)  # what hydra.initialize_config_dir would refuse to replace
+    try:
+        with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return hydra.compose(config_name="config", overrides=list(overrides))
+    finally:
+        if saved is not None:
+            Singleton._instances[GlobalHydra] = saved
 
 
 # The config groups whose section names its option (``method=mimo`` gives ``method.name: mimo``).
