@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from matplotlib.colors import to_rgba
+from omegaconf import OmegaConf
 from test_report import runs_dir  # noqa: F401  (a fixture: fabricated run folders)
 
 import mimmo
@@ -124,7 +125,8 @@ def test_demo_folders_per_configuration_and_reused_runs(tmp_path, monkeypatch, c
 
     def fake_train(cfg, run_dir):
         trained.append(Path(run_dir))
-        metrics = {"method": cfg.method.name, "num_members": 2, "num_exits": 1, "config": {"train": dict(cfg.train)},
+        metrics = {"method": cfg.method.name, "num_members": 2, "num_exits": 1,
+                   "config": {"train": OmegaConf.to_container(cfg.train)},
                    "test": {"accuracy": 0.5, "nll": 1.0, "ece": 0.1, "brier": 0.05},
                    "cost": {"flops": 2e6, "params": 1e5}}
         Path(run_dir).mkdir(parents=True)
