@@ -10,7 +10,7 @@ import pytest
 from test_report import PNG_MAGIC, write_run
 
 from mimmo.report import report
-from mimmo.report.convergence import convergence_markdown, held_out_nll, loss_change, theta_change
+from mimmo.report.convergence import convergence_markdown, held_out_nll, loss_change, loss_fall_share, theta_change
 from mimmo.report.figures import alpha_exit_weights_figure, training_curves_figure
 from mimmo.report.runs import group_runs, load_runs
 
@@ -58,11 +58,14 @@ def test_convergence_numbers_by_hand(tmp_path):
     assert held_out_nll(loaded["base"]) == pytest.approx({"min": 1.0, "min_epoch": 3, "last": 1.3, "rise": 0.3})
     assert loss_change(loaded["base"]) == pytest.approx(0.0)
     assert loss_change(loaded["mimmo"]) == pytest.approx(1.0 / 1.2 - 1.0)  # still falling: -17%
+    # share of the whole fall made in the last epoch: MIMMO (1.2 - 1.0) / (4.0 - 1.0); Base none (flat at 0.1)
+    assert loss_fall_share(loaded["mimmo"]) == pytest.approx(0.2 / 3.0)
+    assert loss_fall_share(loaded["base"]) == pytest.approx(0.0)
     assert theta_change(loaded["mimmo"]) == pytest.approx(0.02)
     assert theta_change(loaded["base"]) is None
     text = convergence_markdown(group_runs(load_runs([root])))
-    assert "| Base | 1 | – | +0.0% | 1.000 | 3 | 1.300 | +30% (+30% to +30%) |" in text
-    assert "| MIMMO | 1 | 0.0200 | -16.7% | 0.900 | 10 | 0.900 | +0% (+0% to +0%) |" in text
+    assert "| Base | 1 | – | +0.0% | 0.0% | 1.000 | 3 | 1.300 | +30% (+30% to +30%) |" in text
+    assert "| MIMMO | 1 | 0.0200 | -16.7% | 6.7% | 0.900 | 10 | 0.900 | +0% (+0% to +0%) |" in text
 
 
 def test_report_has_the_convergence_section_and_the_loss_panel(tmp_path):

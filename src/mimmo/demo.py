@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from mimmo.config import compose
 from mimmo.console import format_duration
-from mimmo.report.convergence import loss_change
+from mimmo.report.convergence import loss_fall_share
 from mimmo.report.runs import Run
 from mimmo.run_folder import METRICS_FILE
 from mimmo.training import prepare_run, semantic_config, train
@@ -57,22 +57,23 @@ def _number(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-def still_training(rows: list[dict], threshold: float = 0.02) -> str | None:
-    """A line naming the methods whose training objective still fell by more than ``threshold`` in the last
-    epoch (None when every run has flattened, or no run has a log): their numbers are not those of a trained
-    model."""
+def still_training(rows: list[dict], threshold: float = 0.03) -> str | None:
+    """A line naming the methods whose training objective had not flattened: over the last 10% of the epochs
+    (at least one) it still fell by more than ``threshold`` of its whole fall from the first epoch (None when
+    every run has flattened, or no run has a log). Their numbers are not those of a trained model."""
     falling = []
     for row in rows:
         if row.get("run_dir") is None:
             continue
         run = Run(Path(row["run_dir"]), row, row.get("config", {}))
-        change = loss_change(run, window=1 / row["config"]["train"]["epochs"])  # the last epoch against the one before
-        if change is not None and change < -threshold:
-            falling.append(f"{row['method']} {change:+.0%}")
+        share = loss_fall_share(run)
+        if share is not None and share > threshold:
+            falling.append(f"{row['method']} {share:.0%}")
     if not falling:
         return None
-    return (f"Still training: the training objective changed by {', '.join(falling)} in the last epoch, so these "
-            "runs are not converged; `mimmo demo --epochs N` trains longer (into new folders).")
+    return (f"Still training: in the last 10% of the epochs the training objective still made {', '.join(falling)} "
+            "of its whole fall, so these runs are not converged; `mimmo demo --epochs N` trains longer (into new "
+            "folders).")
 
 
 def findings(rows: list[dict]) -> list[str]:

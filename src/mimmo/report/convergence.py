@@ -5,6 +5,8 @@ Per run, from its log (log/metrics.csv) and its exit-weight history:
   counted from the epoch before that window (learned weights only);
 - loss change: the training objective's mean over the last 10% of the epochs against its mean over the 10%
   before, as a relative change (negative: still falling);
+- loss fall left: how much the loss fell in those last 10% of the epochs, as a share of its whole fall from the
+  first epoch (scale-free: a loss near 0 can halve in relative terms while its curve is flat);
 - held-out NLL: the validation NLL's minimum over the logged epochs (and where), its last value and the rise
   from the minimum to the last (the paper's over-fitting: a network that memorises its training set gets more
   confidently wrong on held-out data).
@@ -50,6 +52,22 @@ def loss_change(run: Run, window: float = LOSS_WINDOW) -> float | None:
     return float((last - before) / abs(before)) if before else None
 
 
+def loss_fall_share(run: Run, window: float = LOSS_WINDOW) -> float | None:
+    """The training loss's fall over the last ``window`` of the epochs (mean of that window against the mean of
+    the one before) as a share of its whole fall, from the first epoch to that last window's mean: near 0, the
+    curve has flattened; negative, it rose at the end."""
+    curve = training_curves(run).get("train/loss")
+    if curve is None:
+        return None
+    losses = np.asarray(curve[1], dtype=float)
+    width = max(1, math.ceil(window * len(losses)))
+    if len(losses) < 2 * width:
+        return None
+    before, last = losses[-2 * width:-width].mean(), losses[-width:].mean()
+    whole = losses[0] - last
+    return float((before - last) / whole) if whole > 0 else None
+
+
 def held_out_nll(run: Run) -> dict[str, float] | None:
     """The validation NLL's minimum, the epoch of the minimum (1-based), the last value and the rise."""
     curve = training_curves(run).get("val/nll")
@@ -74,12 +92,14 @@ def convergence_markdown(groups: Sequence[RunGroup]) -> str:
         for group in table.groups:
             thetas = [v for v in (theta_change(run) for run in group.runs) if v is not None]
             losses = [v for v in (loss_change(run) for run in group.runs) if v is not None]
+            shares = [v for v in (loss_fall_share(run) for run in group.runs) if v is not None]
             nlls = [v for v in (held_out_nll(run) for run in group.runs) if v is not None]
             if not (thetas or losses or nlls):
                 continue
             cells = [str(len(group.runs)),
                      f"{max(thetas):.4f}" if thetas else "–",
                      f"{_mean(losses):+.1%}" if losses else "–",
+                     f"{max(shares):.1%}" if shares else "–",
                      f"{_mean([n['min'] for n in nlls]):.3f}" if nlls else "–",
                      ", ".join(str(n["min_epoch"]) for n in nlls) if nlls else "–",
                      f"{_mean([n['last'] for n in nlls]):.3f}" if nlls else "–",
@@ -91,9 +111,12 @@ def convergence_markdown(groups: Sequence[RunGroup]) -> str:
         texts.append("\n".join([
             f"### Convergence: {table.title}", "",
             "| Method | seeds | θ change, last 20% (max over seeds) | training loss, last 10% vs the 10% before "
-            "| val. NLL min | epoch of min (per seed) | val. NLL last | rise, last over min (min to max over seeds) |",
-            "|:--" + "|--:" * 7 + "|", *rows, "",
+            "| its fall there, share of the whole fall (max over seeds) | val. NLL min | epoch of min (per seed) "
+            "| val. NLL last | rise, last over min (min to max over seeds) |",
+            "|:--" + "|--:" * 8 + "|", *rows, "",
             "θ change: the largest range of any learned exit weight over the last 20% of the epochs (MIMMO, DUN). "
-            "Training loss: the method's objective, mean per epoch; a change near 0 means it has flattened. "
+            "Training loss: the method's objective, mean per epoch; a change near 0 means it has flattened, and so "
+            "does a small share of its whole fall (from the first epoch) made in the last 10% of the epochs (the "
+            "relative change of a loss near 0 can be large while its curve is flat). "
             "Validation NLL at the logged epochs (train.val_every_n_epochs); means over seeds."]) + "\n")
     return ("## Convergence\n\n" + "\n".join(texts)) if texts else ""
