@@ -134,14 +134,14 @@ def test_demo_folders_per_configuration_and_reused_runs(tmp_path, monkeypatch, c
         return metrics
 
     monkeypatch.setattr(demo, "train", fake_train)
-    first = demo.run_demo(tmp_path, epochs=2)
-    assert len(trained) == 3 and all("_epochs=2_" in p.name for p in trained)
-    assert "reused" not in first and "| 2 |" in first
-    second = demo.run_demo(tmp_path, epochs=3)
+    first = demo.run_demo(tmp_path, epochs=4)
+    assert len(trained) == 3 and all("_epochs=4_" in p.name for p in trained)
+    assert "reused" not in first and "| 4 |" in first
+    second = demo.run_demo(tmp_path, epochs=5)
     assert len(trained) == 6 and not set(trained[:3]) & set(trained[3:])
     assert "reused" not in second
     monkeypatch.setattr(demo, "train", lambda cfg, run_dir: json.loads((Path(run_dir) / "metrics.json").read_text()))
-    third = demo.run_demo(tmp_path, epochs=2)
+    third = demo.run_demo(tmp_path, epochs=4)
     assert [line.split(" | ")[-1] for line in third.splitlines()[2:5]] == ["reused |"] * 3
     assert "[demo 1/3] base: finished before, reused" in capsys.readouterr().out
 
@@ -209,5 +209,5 @@ def test_one_colour_and_marker_per_method_across_figures(runs_dir: Path, tmp_pat
 
 def test_demo_refuses_too_few_epochs_before_training_anything(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "train", lambda cfg, run_dir: pytest.fail("nothing may train"))
-    with pytest.raises(ValueError, match=r"warm_start_epochs \(1\) must be < train.epochs \(1\)"):
+    with pytest.raises(ValueError, match=r"warm_start_epochs \(3\) must be < train.epochs \(1\)"):
         demo.run_demo(tmp_path, epochs=1)

@@ -49,6 +49,21 @@ def test_paper_experiment_is_the_papers_setting():
     assert cfg.output_dir == "runs/paper"
 
 
+def test_the_demo_trains_the_clean_miniature_regime():
+    """The demo's three runs compute what paper_mini's seed-0 runs compute (docs/results.md's clean regime):
+    only the overfitting curves (training split, validation every 5 epochs) and the output folder differ."""
+    from mimmo.training import semantic_config
+
+    for method in ("base", "method=mimo method.num_members=2", "method=mimmo method.num_members=2"):
+        chosen = method.split() if "=" in method else [f"method={method}"]
+        demo, mini = (compose([f"experiment={name}", *chosen, "seed=0"]) for name in ("demo", "paper_mini"))
+        assert (demo.train.track_train, mini.train.track_train) == (False, True)
+        assert demo.train.val_every_n_epochs > demo.train.epochs == 50 and demo.output_dir == "runs/demo"
+        for cfg in (demo, mini):
+            del cfg.train.track_train, cfg.train.val_every_n_epochs  # logging only: every epoch's draws are seeded
+        assert semantic_config(demo) == semantic_config(mini)
+
+
 def test_every_grid_run_composes_and_validates():
     """Every combination of every grid composes, has its own folder and builds (full-size models, each distinct
     (method, M, model) once), without training."""

@@ -441,7 +441,7 @@ def test_the_demo_checks_every_run_before_training_any(tmp_path, capsys, monkeyp
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--epochs", "1", "--output-dir", str(tmp_path / "demo")])
     assert exit_info.value.code == 2
-    assert "the demo's mimmo run: method.warm_start_epochs (1) must be < train.epochs (1)" in capsys.readouterr().err
+    assert "the demo's mimmo run: method.warm_start_epochs (3) must be < train.epochs (1)" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
 
 

@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo", "train Base, MIMO and MIMMO (M=2) on the embedded data; print a table", DEMO_EPILOG)
     demo.add_argument("--output-dir", default="runs/demo", help="where the demo's runs go (default runs/demo)")
     demo.add_argument("--epochs", type=int, default=None,
-                      help="override the fast preset's 5 epochs (at least 2: MIMMO's warm start takes 1)")
+                      help="override the demo preset's 50 epochs (at least 4: MIMMO's warm start takes 3)")
     return parser
 
 

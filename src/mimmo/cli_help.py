@@ -102,9 +102,11 @@ example:
   mimmo report runs/paper --out reports/paper"""
 
 DEMO_EPILOG = """\
-Trains with the fast preset (experiment=fast) into one folder per configuration under --output-dir, so that
-runs with other --epochs never collide; a finished run is reused (its time shows as "reused").
+Trains with the demo preset (experiment=demo: 250 training images, batch 16, 50 epochs, seed 0, the paper's
+recipe; long enough for MIMMO's exit weights to settle) into one folder per configuration under
+--output-dir, so that runs with other --epochs never collide; a finished run is reused (its time shows as
+"reused"). Under the table, lines on what it shows, and one naming any run whose training was still falling.
 
 examples:
   mimmo demo
-  mimmo demo --epochs 2 --output-dir /tmp/demo"""
+  mimmo demo --epochs 100 --output-dir /tmp/demo"""

@@ -1,4 +1,7 @@
-"""``mimmo demo``: Base, MIMO (M=2) and MIMMO (M=2) on the embedded data with the fast preset, one table.
+"""``mimmo demo``: Base, MIMO (M=2) and MIMMO (M=2) on the embedded data with the demo preset, one table.
+
+The preset (configs/experiment/demo.yaml) is the clean miniature regime of the paper's recipe, long enough
+for the three methods to converge: a demo that stops earlier shows an under-trained MIMMO, not the method.
 
 Each configuration trains into its own folder, named after the method, the epochs and a hash of everything
 that changes the result, so that a demo with other ``--epochs`` (or after a preset changed) never meets a
@@ -112,7 +115,7 @@ def run_demo(output_dir: str | Path = "runs/demo", epochs: int | None = None, se
     print) the table."""
     configs = []
     for name in DEMO_METHODS:
-        overrides = ["experiment=fast", f"method={name}", f"seed={seed}", *(extra_overrides or [])]
+        overrides = ["experiment=demo", f"method={name}", f"seed={seed}", *(extra_overrides or [])]
         if epochs is not None:
             overrides.append(f"train.epochs={epochs}")
         configs.append(compose(overrides))

@@ -39,8 +39,9 @@ def theta_change(run: Run, window: float = THETA_WINDOW) -> float | None:
     return float((last.max(axis=0) - last.min(axis=0)).max())
 
 
-def loss_change(run: Run, window: float = LOSS_WINDOW) -> float | None:
-    """Relative change of the mean training loss, last ``window`` of the epochs against the one before."""
+def _loss_windows(run: Run, window: float) -> tuple[float, float, float] | None:
+    """The training loss's first epoch, its mean over the ``window`` of the epochs before the last one, and its
+    mean over the last ``window`` (at least one epoch each); None without a long enough log."""
     curve = training_curves(run).get("train/loss")
     if curve is None:
         return None
@@ -48,24 +49,27 @@ def loss_change(run: Run, window: float = LOSS_WINDOW) -> float | None:
     width = max(1, math.ceil(window * len(losses)))
     if len(losses) < 2 * width:
         return None
-    before, last = losses[-2 * width:-width].mean(), losses[-width:].mean()
-    return float((last - before) / abs(before)) if before else None
+    return float(losses[0]), float(losses[-2 * width:-width].mean()), float(losses[-width:].mean())
+
+
+def loss_change(run: Run, window: float = LOSS_WINDOW) -> float | None:
+    """Relative change of the mean training loss, last ``window`` of the epochs against the one before."""
+    windows = _loss_windows(run, window)
+    if windows is None or not windows[1]:
+        return None
+    _, before, last = windows
+    return (last - before) / abs(before)
 
 
 def loss_fall_share(run: Run, window: float = LOSS_WINDOW) -> float | None:
     """The training loss's fall over the last ``window`` of the epochs (mean of that window against the mean of
     the one before) as a share of its whole fall, from the first epoch to that last window's mean: near 0, the
     curve has flattened; negative, it rose at the end."""
-    curve = training_curves(run).get("train/loss")
-    if curve is None:
+    windows = _loss_windows(run, window)
+    if windows is None or windows[0] <= windows[2]:
         return None
-    losses = np.asarray(curve[1], dtype=float)
-    width = max(1, math.ceil(window * len(losses)))
-    if len(losses) < 2 * width:
-        return None
-    before, last = losses[-2 * width:-width].mean(), losses[-width:].mean()
-    whole = losses[0] - last
-    return float((before - last) / whole) if whole > 0 else None
+    first, before, last = windows
+    return (before - last) / (first - last)
 
 
 def held_out_nll(run: Run) -> dict[str, float] | None:
