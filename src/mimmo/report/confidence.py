@@ -22,18 +22,13 @@ def _mean_of_list(values: list[float] | None) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _cell(values: list[float | None]) -> str:
+def _cell(values: list[float | None], sign: str = "+") -> str:
+    """Mean (± population std from two values on) of the values that are there; ``sign="+"`` prints the sign
+    (a gap), ``""`` not (a level)."""
     mean, std = mean_std([v for v in values if v is not None and not math.isnan(v)])
     if math.isnan(mean):
         return "–"
-    return f"{mean:+.3f}" if len(values) < 2 else f"{mean:+.3f} ± {std:.3f}"
-
-
-def _plain(values: list[float | None]) -> str:
-    mean, std = mean_std([v for v in values if v is not None and not math.isnan(v)])
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:.3f}" if len(values) < 2 else f"{mean:.3f} ± {std:.3f}"
+    return f"{mean:{sign}.3f}" if len(values) < 2 else f"{mean:{sign}.3f} ± {std:.3f}"
 
 
 def _per_exit(group: RunGroup) -> str:
@@ -58,13 +53,13 @@ def confidence_markdown(groups: Sequence[RunGroup]) -> str:
                  "|:--" + "|--:" * 8 + "|"]
         for group in table.groups:
             runs = group.runs
-            cells = [_plain([run.get("test", "accuracy") for run in runs]),
-                     _plain([run.get("test", "confidence") for run in runs]),
+            cells = [_cell([run.get("test", "accuracy") for run in runs], sign=""),
+                     _cell([run.get("test", "confidence") for run in runs], sign=""),
                      _cell([run.get("test", "accuracy_minus_confidence") for run in runs]),
-                     _plain([_mean_of_list(run.get("test", "member_confidence")) for run in runs]),
+                     _cell([_mean_of_list(run.get("test", "member_confidence")) for run in runs], sign=""),
                      _cell([_mean_of_list(run.get("test", "member_accuracy_minus_confidence")) for run in runs]),
                      _per_exit(group),
-                     _plain([run.get("shifted", "summary", "confidence", "mean") for run in runs]),
+                     _cell([run.get("shifted", "summary", "confidence", "mean") for run in runs], sign=""),
                      _cell([run.get("shifted", "summary", "accuracy_minus_confidence", "mean") for run in runs])]
             lines.append("| " + " | ".join([row_label(group, table), *cells]) + " |")
         lines += ["", "Mean (± population std over seeds, from two seeds on). Conf.: mean top probability. "
