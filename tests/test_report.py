@@ -141,6 +141,19 @@ def test_load_group_and_table(runs_dir: Path, tmp_path: Path):
                                              "table_embedded_M2.tex"]
 
 
+def test_a_setting_added_after_a_run_was_saved_reads_as_its_old_behaviour(tmp_path: Path):
+    """A seed saved before train.optimizer (and the other recipe settings) existed groups with a seed saved after,
+    whose config has the value those runs were computed under (adam); a run with another value does not."""
+    test = results(0.6, 1.5, 0.14, 0.005)
+    write_run(tmp_path / "old", "mimo", 2, 0, test, 0.3, 1, 1)  # config without train.optimizer
+    write_run(tmp_path / "new", "mimo", 2, 1, test, 0.3, 1, 1, train__optimizer="adam", train__milestones=[],
+              train__augment="none", data__label_noise=0.0)
+    write_run(tmp_path / "sgd", "mimo", 2, 2, test, 0.3, 1, 1, train__optimizer="sgd")
+    groups = group_runs(load_runs([tmp_path]))
+    assert sorted((len(g.runs), g.context) for g in groups) == [(1, (("train.optimizer", "sgd"),)),
+                                                                (2, (("train.optimizer", "adam"),))]
+
+
 def test_mean_std_is_population():
     assert mean_std([1.0, 3.0]) == (2.0, 1.0)
 

@@ -26,6 +26,13 @@ IGNORED_SETTINGS = frozenset({"seed", "run_dir", "train.eval_batch_size", *NON_S
 # so that ablation sweeps (Fig. 5: alpha; Fig. 6: layers and width) can be reported together.
 ABLATION_SETTINGS = ("method.alpha", "model.layers", "model.planes", "model.width")
 REQUIRED_KEYS = ("method", "dataset", "num_members", "test")
+# Settings added to the config after runs had been saved without them, with the value under which those runs
+# were computed (the behaviour before the setting existed): a saved config that lacks one of these keys is read
+# as having this value, so that runs from before and after the addition share their tables. A historical
+# record, not the current defaults: never change a value here, only add settings.
+ADDED_SETTINGS = {"data.label_noise": 0.0, "train.optimizer": "adam", "train.momentum": 0.9, "train.nesterov": False,
+                  "train.weight_decay": 0.0, "train.schedule": "cosine", "train.milestones": (), "train.lr_decay": 0.1,
+                  "train.augment": "none"}
 
 
 class SkippedRunsWarning(UserWarning):
@@ -62,8 +69,9 @@ class Run:
 
     @property
     def settings(self) -> dict[str, Any]:
-        """The flattened config, like ``{"method.alpha": 1.0, ...}``."""
-        return flatten(self.config)
+        """The flattened config, like ``{"method.alpha": 1.0, ...}``; settings added after the run was saved
+        (:data:`ADDED_SETTINGS`) with the value it was computed under."""
+        return {**ADDED_SETTINGS, **flatten(self.config)}
 
     def get(self, *keys: str, default: Any = None) -> Any:
         """A nested value of metrics.json, or ``default`` where any key is missing or a value is null."""
