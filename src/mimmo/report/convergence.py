@@ -5,7 +5,7 @@ Per run, from its log (log/metrics.csv) and its exit-weight history:
   counted from the epoch before that window (learned weights only);
 - loss change: the training objective's mean over the last 10% of the epochs against its mean over the 10%
   before, as a relative change (negative: still falling);
-- loss fall left: how much the loss fell in those last 10% of the epochs, as a share of its whole fall from the
+- loss fall share: how much the loss fell in those last 10% of the epochs, as a share of its whole fall from the
   first epoch (scale-free: a loss near 0 can halve in relative terms while its curve is flat);
 - held-out NLL: the validation NLL's minimum over the logged epochs (and where), its last value and the rise
   from the minimum to the last (the paper's over-fitting: a network that memorises its training set gets more
