@@ -23,7 +23,8 @@ TINY = ["model.planes=[4,4,4,4]", "model.layers=[1,1,1,1]", "model.stem_channels
         "train.epochs=1", "train.batch_size=32", "train.progress_bar=false", "evaluation.shifted=false",
         "train.threads=1"]
 PAPER_GRIDS = {"paper_tables": 66, "paper_alpha": 63, "paper_depth_width": 36}
-ALL_GRIDS = {**PAPER_GRIDS, "paper_mini": 30, "paper_mini_noisy": 30, "paper_mini_alpha": 12}
+ALL_GRIDS = {**PAPER_GRIDS, "paper_mini": 30, "paper_mini_noisy": 30, "paper_mini_alpha": 12, "paper_mini_noisy50": 30,
+             "paper_mini_noisy50_alpha": 12}
 TEN_METHODS = {"base", "ensemble", "mc_dropout", "dun", "early_exit", "mimo", "datamux", "mixmo", "mimmo_gamma",
                "mimmo"}
 
@@ -70,7 +71,7 @@ def test_every_grid_run_composes_and_validates():
     planned = {name: grids.plan(grids.load_grid(name)) for name in grids.available_grids()}
     assert {name: sum(map(len, sweeps)) for name, sweeps in planned.items()} == ALL_GRIDS
     built = grids.validate([runs for sweeps in planned.values() for runs in sweeps])
-    assert built == 22 + 9 + 10 + 10  # tables, Fig. 6's three other models x M, the two miniatures
+    assert built == 22 + 9 + 10 + 10 + 10  # tables, Fig. 6's three other models x M, the three miniatures (data)
     runs = {name: [run for runs in sweeps for run in runs] for name, sweeps in planned.items()}
     for grid_runs in runs.values():
         assert len({run.folder for run in grid_runs}) == len(grid_runs)
@@ -97,11 +98,17 @@ def test_every_grid_run_composes_and_validates():
     noisy = runs["paper_mini_noisy"]
     assert {r.config.method.name for r in noisy} == TEN_METHODS and {r.config.seed for r in noisy} == {0, 1, 2}
     assert all(r.config.data.label_noise == 0.3 for r in noisy)
+    noisy50 = runs["paper_mini_noisy50"]
+    assert {r.config.method.name for r in noisy50} == TEN_METHODS and {r.config.seed for r in noisy50} == {0, 1, 2}
+    assert all(r.config.data.label_noise == 0.5 for r in noisy50)
+    assert not {r.folder.parent for r in noisy50} & {r.folder.parent for r in noisy}  # 30% runs never skipped as 50%
     # Fig. 5 in miniature: alpha = 1 is the noisy grid's MIMMO runs (same folders, trained once)
-    alpha = runs["paper_mini_alpha"]
-    assert {(r.config.method.alpha, r.config.seed) for r in alpha} == {(a, s) for a in (0, 1, 100, 250)
-                                                                       for s in (0, 1, 2)}
-    assert len({r.folder for r in alpha} & {r.folder for r in noisy}) == 3
+    for alpha_grid, ten in (("paper_mini_alpha", noisy), ("paper_mini_noisy50_alpha", noisy50)):
+        alpha = runs[alpha_grid]
+        assert {(r.config.method.alpha, r.config.seed) for r in alpha} == {(a, s) for a in (0, 1, 100, 250)
+                                                                           for s in (0, 1, 2)}
+        assert {r.config.data.label_noise for r in alpha} == {ten[0].config.data.label_noise}
+        assert len({r.folder for r in alpha} & {r.folder for r in ten}) == 3
 
 
 def test_overrides_replace_a_sweeps_key_and_excluded_keys_cannot_be_swept(tmp_path):
