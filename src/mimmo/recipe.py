@@ -20,6 +20,8 @@ from mimmo.methods.base import Method, is_finite_number, is_integer, require
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "step")
+# What a config saved before these options existed was trained with (training reads it, and so do reports when
+# they group old runs with new ones): a historical record, never changed.
 DEFAULTS: dict[str, Any] = {"augment": "none", "optimizer": "adam", "momentum": 0.9, "nesterov": False,
                             "weight_decay": 0.0, "schedule": "cosine", "milestones": [], "lr_decay": 0.1}
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from mimmo.recipe import DEFAULTS as RECIPE_DEFAULTS
 from mimmo.run_folder import CONFIG_FILE, FORMAT_VERSION, METRICS_FILE, NON_SEMANTIC_KEYS
 
 # Flattened config keys that may differ between the seeds of one group: the seed itself, the settings that do
@@ -26,13 +27,6 @@ IGNORED_SETTINGS = frozenset({"seed", "run_dir", "train.eval_batch_size", *NON_S
 # so that ablation sweeps (Fig. 5: alpha; Fig. 6: layers and width) can be reported together.
 ABLATION_SETTINGS = ("method.alpha", "model.layers", "model.planes", "model.width")
 REQUIRED_KEYS = ("method", "dataset", "num_members", "test")
-# Settings added to the config after runs had been saved without them, with the value under which those runs
-# were computed (the behaviour before the setting existed): a saved config that lacks one of these keys is read
-# as having this value, so that runs from before and after the addition share their tables. A historical
-# record, not the current defaults: never change a value here, only add settings.
-ADDED_SETTINGS = {"data.label_noise": 0.0, "train.optimizer": "adam", "train.momentum": 0.9, "train.nesterov": False,
-                  "train.weight_decay": 0.0, "train.schedule": "cosine", "train.milestones": (), "train.lr_decay": 0.1,
-                  "train.augment": "none"}
 
 
 class SkippedRunsWarning(UserWarning):
@@ -104,6 +98,14 @@ def _freeze(value: Any) -> Any:
     if isinstance(value, dict):
         return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
     return value
+
+
+# Settings added to the config after runs had been saved without them, with the value under which those runs
+# were computed (the behaviour before the setting existed; for the recipe, the values training itself reads for
+# such a config, recipe.DEFAULTS): a saved config that lacks one of these keys is read as having this value, so
+# that runs from before and after the addition share their tables. A historical record, not the current
+# defaults: never change a value, only add settings.
+ADDED_SETTINGS = {"data.label_noise": 0.0, **flatten({"train": RECIPE_DEFAULTS})}
 
 
 def _is_hidden(path: Path, root: Path) -> bool:
