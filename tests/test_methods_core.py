@@ -331,6 +331,38 @@ def test_mimmo_loss_is_the_spec_formula():
     assert method.depth_logits.grad is not None and method.depth_logits.grad.abs().sum() > 0
 
 
+def test_authors_kl_convention_times_batch_is_the_paper_convention_at_alpha_b_n():
+    """(1/B') mean NLL + a KL, times B', is mean NLL + (a B' N / N) KL: the same loss and the same gradients."""
+    alpha, rows = 3.0, 6 * 2  # B' = batch 6 x R = 2
+    losses, grads = [], []
+    for convention, weight in (("authors", alpha), ("paper", alpha * rows * AFTER_WARM_START.num_train)):
+        method = build("mimmo", num_members=3, repetitions=2, input_repetition=0.25, alpha=weight,
+                       kl_convention=convention)
+        random_theta(method, 2)
+        torch.manual_seed(9)
+        loss = method.training_loss(*batch(6), AFTER_WARM_START).loss
+        loss = loss * rows if convention == "authors" else loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in method.parameters() if p.grad is not None]))
+    assert method.kl_divergence(method.exit_weights()).item() > 1e-2  # the KL term matters here
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5)
+    assert grads[0].shape == grads[1].shape and grads[0].abs().sum() > 0
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_authors_kl_convention_data_term_is_divided_by_the_repeated_batch_once_more():
+    method = build("mimmo", num_members=2, repetitions=2, alpha=0.0, kl_convention="authors")
+    reference = build("mimmo", num_members=2, repetitions=2, alpha=0.0)
+    random_theta(method, 3), random_theta(reference, 3)
+    x, y = batch(5)
+    torch.manual_seed(4)
+    authors = method.training_loss(x, y, AFTER_WARM_START).loss
+    torch.manual_seed(4)
+    paper = reference.training_loss(x, y, AFTER_WARM_START).loss
+    assert torch.allclose(authors * 10, paper, rtol=1e-6)  # B' = 5 x 2
+
+
 @pytest.mark.parametrize("name", ["mimmo", "mimmo_gamma"])
 def test_warm_start_and_mimmo_gamma_use_the_prior_and_do_not_train_theta(name):
     prior = torch.tensor([[0.1, 0.4], [0.2, 0.3], [0.3, 0.2], [0.4, 0.1]])
@@ -389,6 +421,8 @@ def test_mimmo_options_are_validated():
         build("mimmo", alpha=-1.0)
     with pytest.raises(ValueError, match=r"warm_start_epochs.*-2"):
         build("mimmo", warm_start_epochs=-2)
+    with pytest.raises(ValueError, match=r"kl_convention.*'yamle'"):
+        build("mimmo", kl_convention="yamle")
 
 
 # ------------------------------------------------------------------------------------------- reductions

@@ -6,6 +6,14 @@ the final layer and reuses the shared head Linear(F, M*K). The loss is the negat
 
     (1/B') sum_b sum_i sum_m theta[i,m] NLL(b,i,m) + (alpha/N) sum_m sum_i theta[i,m] log(theta[i,m]/gamma[i,m]).
 
+This is the paper's objective (1) divided by N, so alpha = 1 is exactly the ELBO (``kl_convention="paper"``, the
+default). ``kl_convention="authors"`` computes what the authors' public code computes with its defaults,
+
+    (1/B') * (1/B') sum_b sum_i sum_m theta[i,m] NLL(b,i,m) + alpha sum_m sum_i theta[i,m] log(theta[i,m]/gamma[i,m]),
+
+with B' the repeated batch size: B' times that is the paper convention's loss at alpha * B' * N (docs/method.md,
+"Two KL conventions").
+
 During the warm start (and for MIMMO-gamma throughout) theta is fixed to gamma and the KL term is 0.
 """
 
@@ -21,6 +29,8 @@ from mimmo.methods.base import LossOutput, Prediction, Progress, is_finite_numbe
 from mimmo.methods.exits import StagedExits
 from mimmo.methods.mimo import MultiInputMethod
 from mimmo.models.backbone import BackboneFactory, check_backbone
+
+KL_CONVENTIONS = ("paper", "authors")
 
 
 def make_prior(prior: Sequence | Tensor | None, num_exits: int, num_members: int) -> Tensor:
@@ -72,14 +82,18 @@ class MIMMO(StagedExits, MultiInputMethod):
     def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int, num_members: int = 2,
                  repetitions: int = 2, input_repetition: float = 0.25, alpha: float = 1.0,
                  warm_start_epochs: int = 0, prior: Sequence | Tensor | None = None,
-                 optimise_depth: bool = True, per_exit_heads: bool = False) -> None:
+                 optimise_depth: bool = True, per_exit_heads: bool = False,
+                 kl_convention: str = "paper") -> None:
         super().__init__(num_members, repetitions, input_repetition)
+        require(kl_convention in KL_CONVENTIONS,
+                f"kl_convention must be one of {list(KL_CONVENTIONS)}, got {kl_convention!r}")
         require(is_finite_number(alpha) and alpha >= 0,
                 f"alpha (KL weight) must be a finite number >= 0, got {alpha!r}")
         require(is_integer(warm_start_epochs) and warm_start_epochs >= 0,
                 f"warm_start_epochs must be an integer >= 0, got {warm_start_epochs!r}")
         self.num_classes = num_classes
         self.alpha = float(alpha)
+        self.kl_convention = kl_convention
         self.warm_start_epochs = warm_start_epochs
         self.optimise_depth = bool(optimise_depth)
         self.network = ExitNetwork(backbone(in_channels * num_members, num_classes * num_members),
@@ -153,7 +167,10 @@ class MIMMO(StagedExits, MultiInputMethod):
             kl = torch.zeros((), device=x.device)
         else:
             kl = self.kl_divergence(weights)
-        loss = data_term + self.alpha / progress.num_train * kl
+        if self.kl_convention == "paper":  # objective (1) per data point: alpha = 1 is the ELBO
+            loss = data_term + self.alpha / progress.num_train * kl
+        else:  # the authors' code: the data term divided by B' once more, the KL not divided by N
+            loss = data_term / inputs.shape[0] + self.alpha * kl
         return LossOutput(loss, {"nll": data_term.detach(), "kl": kl.detach()})
 
 
