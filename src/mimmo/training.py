@@ -50,6 +50,7 @@ from mimmo.methods.base import Method, Progress, is_integer, mixture_log_probs
 from mimmo.methods.registry import build_method
 from mimmo.models.backbone import backbone_input_shape
 from mimmo.models.registry import build_backbone_factory
+from mimmo.provenance import provenance
 from mimmo.recipe import build_optimizer, build_schedule, graphs_capturable, setting, validate_recipe
 from mimmo.run_folder import (
     CONFIG_FILE,
@@ -627,6 +628,7 @@ def finish_run(run_dir: Path, cfg: DictConfig, method: Method, normalizer: Norma
     results = evaluate_model(cfg, method, normalizer, splits, device)
     results["exit_weights_history"] = exit_weight_history or None
     results["time"] = {"train_seconds": train_seconds, "evaluate_seconds": time.perf_counter() - start}
+    results["provenance"] = provenance(device)
     save_weights(run_dir / WEIGHTS_FILE, method.cpu(), normalizer.cpu())
     write_calibration_of(run_dir, results)
     write_json_atomic(run_dir / METRICS_FILE, results)
