@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import csv
+import io
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,7 @@ from mimmo.report.figures import (
     shift_figure,
 )
 from mimmo.report.runs import SkippedRunsWarning, group_runs, load_runs, mean_std
+from mimmo.report.stats import interval, paired, provenance_markdown, t_quantile_975
 from mimmo.report.tables import build_tables, row_label, to_csv, to_latex, to_markdown, write_tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -104,15 +108,16 @@ EXPECTED_TABLE = """\
 
 | Method | Accuracy | NLL | ECE | Brier ×10³ | FLOPs [M] | Params [M] |
 |:--|--:|--:|--:|--:|--:|--:|
-| Base | 0.52 ± 0.02 | 3.94 ± 0.02 | 0.36 ± 0.00 | 8.00 ± 0.20 | 109.85 | 1.76 |
+| Base | 0.52 ± 0.25 | 3.94 ± 0.25 | 0.36 ± 0.00 | 8.00 ± 2.54 | 109.85 | 1.76 |
 | MIMO | 0.47 | 3.53 | 0.22 | 7.52 | 110.35 | 1.81 |
-| MIMMO | **0.61 ± 0.01** | **1.50 ± 0.01** | **0.14 ± 0.00** | **5.22 ± 0.02** | 172.82 | 2.04 |
+| MIMMO | **0.61 ± 0.13** | **1.50 ± 0.13** | **0.14 ± 0.00** | **5.22 ± 0.25** | 172.82 | 2.04 |
 | *Shifted test sets (mean over the 25 sets)* | | | | | | |
-| Base | 0.25 ± 0.01 | 7.88 ± 0.04 | 0.72 ± 0.00 | 12.00 ± 0.30 | 109.85 | 1.76 |
+| Base | 0.25 ± 0.13 | 7.88 ± 0.51 | 0.72 ± 0.00 | 12.00 ± 3.81 | 109.85 | 1.76 |
 | MIMO | 0.21 | 7.06 | 0.44 | 11.28 | 110.35 | 1.81 |
-| MIMMO | **0.32 ± 0.01** | **3.00 ± 0.02** | **0.28 ± 0.00** | **7.83 ± 0.03** | 172.82 | 2.04 |
+| MIMMO | **0.32 ± 0.13** | **3.00 ± 0.25** | **0.28 ± 0.00** | **7.83 ± 0.38** | 172.82 | 2.04 |
 
-Mean ± std (population) over seeds (a row with one seed shows no std); seeds per row: Base 2, MIMO 1, MIMMO 2.
+Mean ± half-width of the 95% t interval over seeds (a row with one seed shows none); seeds per row (n): Base 2, \
+MIMO 1, MIMMO 2.
 """
 
 
@@ -126,8 +131,8 @@ def test_load_group_and_table(runs_dir: Path, tmp_path: Path):
     assert len(tables) == 1 and tables[0].num_members == 2
     assert to_markdown(tables[0]) == EXPECTED_TABLE
     latex = to_latex(tables[0])
-    assert r"MIMMO & $\textbf{0.61} \pm \textbf{0.01}$ & $\textbf{1.50} \pm \textbf{0.01}$" in latex
-    base_row = (r"Base & $0.52 \pm 0.02$ & $3.94 \pm 0.02$ & $0.36 \pm 0.00$ & $8.00 \pm 0.20$ & "
+    assert r"MIMMO & $\textbf{0.61} \pm \textbf{0.13}$ & $\textbf{1.50} \pm \textbf{0.13}$" in latex
+    base_row = (r"Base & $0.52 \pm 0.25$ & $3.94 \pm 0.25$ & $0.36 \pm 0.00$ & $8.00 \pm 2.54$ & "
                 r"109.85 & 1.76 \\")
     assert base_row in latex
     assert latex.count(r"\midrule") == 2
@@ -185,8 +190,8 @@ def test_runs_differing_in_a_setting_make_one_table_per_setting(runs_dir: Path, 
         ("embedded, M = 2 (train.epochs=10)", ["Base", "MIMO"])]
     text = report([runs_dir], tmp_path / "report")
     assert "### embedded, M = 2 (train.epochs=10)" in text
-    assert "| MIMO | 0.55 | **3.00** |" in text  # one seed: no ± std
-    assert "One seed per row (no std)." in text
+    assert "| MIMO | 0.55 | **3.00** |" in text  # one seed: no ± interval
+    assert "One seed per row (no interval)." in text
     files = {p.name for p in (tmp_path / "report").iterdir()}
     assert {"table_embedded_M2_train.epochs=2.md", "table_embedded_M2_train.epochs=10.csv"} <= files
     csv_text = (tmp_path / "report" / "table_embedded_M2_train.epochs=10.csv").read_text()
@@ -285,3 +290,100 @@ def test_config_is_read_from_yaml_when_metrics_lacks_it(runs_dir: Path):
     (folder / "metrics.json").write_text(json.dumps(metrics))
     run = next(r for r in load_runs([folder]))
     assert run.config == expected
+
+
+# ---------------------------------------------- statistics over seeds (report/stats.py, report/comparison.py)
+
+
+def test_t_quantiles_match_the_table_and_the_expansion():
+    assert t_quantile_975(1) == pytest.approx(12.7062, abs=1e-4)
+    assert t_quantile_975(4) == pytest.approx(2.7764, abs=1e-4)
+    assert t_quantile_975(31) == pytest.approx(2.0395, abs=2e-4)  # beyond the table
+    assert t_quantile_975(1000) == pytest.approx(1.9623, abs=2e-4)
+    with pytest.raises(ValueError, match="degrees of freedom.*0"):
+        t_quantile_975(0)
+
+
+def test_interval_of_a_mean_is_the_t_interval():
+    spread = interval([1.0, 2.0, 3.0])  # mean 2, sample std 1, t(2) = 4.3027
+    assert spread.mean == 2.0 and spread.n == 3
+    assert spread.half == pytest.approx(4.3027 / math.sqrt(3), rel=1e-5)
+    assert (spread.low, spread.high) == pytest.approx((2 - 2.48417, 2 + 2.48417), abs=1e-4)
+    one = interval([5.0])
+    assert one.mean == 5.0 and math.isnan(one.half) and not one.excludes_zero
+    assert interval([]).n == 0
+
+
+def test_paired_difference_uses_common_seeds_and_counts_wins_and_ties():
+    method = {0: 0.5, 1: 0.6, 2: 0.7}
+    reference = {0: 0.6, 1: 0.6, 2: 0.8, 3: 0.9}  # seed 3 has no partner
+    result = paired(method, reference, higher_is_better=True)
+    # differences -0.1, 0, -0.1: mean -1/15, sample std 1/(10 sqrt 3), half = 4.3027 / 30 = 0.143423
+    assert result.n == 3 and result.reference_better == 2 and result.ties == 1
+    assert result.difference.mean == pytest.approx(-1 / 15)
+    assert result.difference.half == pytest.approx(4.3027 / 30, rel=1e-4)
+    assert not result.difference.excludes_zero
+    lower_better = paired({0: 2.0, 1: 2.1}, {0: 1.0, 1: 1.0}, higher_is_better=False)
+    assert lower_better.reference_better == 2 and lower_better.difference.excludes_zero
+
+
+def seeded_runs(root: Path) -> Path:
+    # MIMMO beats MIMO by 0.10 accuracy on every seed (+-0.01), three seeds; Base has only seeds 0 and 1
+    for seed, (a_mimo, a_mimmo) in enumerate([(0.50, 0.60), (0.52, 0.61), (0.48, 0.59)]):
+        write_run(root / f"mimo{seed}", "mimo", 2, seed, results(a_mimo, 2.0, 0.2, 0.008), 0.2, 1, 1)
+        write_run(root / f"mimmo{seed}", "mimmo", 2, seed, results(a_mimmo, 1.5, 0.1, 0.006), 0.3, 1, 1,
+                  num_exits=4)
+    for seed in (0, 1):
+        write_run(root / f"base{seed}", "base", 1, seed, results(0.45, 2.5, 0.3, 0.009), 0.1, 1, 1)
+    return root
+
+
+def test_report_writes_per_seed_csv_and_paired_comparison(tmp_path: Path):
+    text = report([seeded_runs(tmp_path / "runs")], tmp_path / "out", figures=False)
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "per_seed.csv").read_text())))
+    assert len(rows) == 8  # every run once
+    mimo1 = next(r for r in rows if r["method"] == "mimo" and r["seed"] == "1")
+    assert float(mimo1["test_accuracy"]) == pytest.approx(0.52) and mimo1["run"] == "mimo1"
+    assert float(mimo1["shifted_nll"]) == pytest.approx(4.0)  # the fabricated shifted mean: 2 x NLL
+    comparison = (tmp_path / "out" / "comparison.md").read_text()
+    assert "Against **MIMMO**" in comparison
+    # MIMO - MIMMO accuracy: -0.10, -0.09, -0.11 -> mean -0.100, half 4.3027 * 0.01 / sqrt(3) = 0.0248
+    assert "| MIMO | **-0.100 [-0.125, -0.075]** 3/3 |" in comparison
+    # Base: two paired seeds: -0.15, -0.16 -> mean -0.155, half 12.7062 * 0.00707107 / sqrt(2) = 0.0635
+    assert "| Base | **-0.155 [-0.219, -0.091]** 2/2 |" in comparison
+    # NLL identical on every seed: a difference of +0.500 with no spread, the reference better on 3/3
+    assert "**+0.500 [+0.500, +0.500]** 3/3" in comparison
+    assert "## Paired comparison over seeds" in text
+
+
+def test_report_comparison_against_another_reference_and_an_unknown_one(tmp_path: Path):
+    runs = seeded_runs(tmp_path / "runs")
+    report([runs], tmp_path / "out", figures=False, reference="mimo")
+    comparison = (tmp_path / "out" / "comparison.md").read_text()
+    assert "Against **MIMO**" in comparison and "| MIMMO | **+0.100 [+0.075, +0.125]** 0/3 |" in comparison
+    with pytest.raises(ValueError, match=r"reference method 'dun'.*\['base', 'mimmo', 'mimo'\]"):
+        report([runs], tmp_path / "out2", figures=False, reference="dun")
+
+
+def with_provenance(folder: Path, **record) -> None:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["provenance"] = {"commit": "a" * 40, "dirty": False, "torch": "2.13.0+cpu", "threads": 1,
+                             "device": "cpu", "device_name": None, "machine": "x86_64", **record}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_provenance_header_names_the_runs_that_differ(tmp_path: Path):
+    root = seeded_runs(tmp_path / "runs")
+    assert "No run records its provenance" in provenance_markdown(load_runs([root]))
+    for folder in root.iterdir():
+        with_provenance(folder)
+    line = provenance_markdown(load_runs([root]))
+    assert "All 8 runs: commit aaaaaaaaaa, torch 2.13.0+cpu, 1 thread, cpu, x86_64." in line
+    with_provenance(root / "mimo2", threads=2)
+    (root / "base1" / "metrics.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((root / "base1" / "metrics.json").read_text()).items() if k != "provenance"}))
+    text = report([root], tmp_path / "out", figures=False)
+    assert "The 8 runs differ in where they were computed:" in text
+    assert "- 6 runs: commit aaaaaaaaaa, torch 2.13.0+cpu, 1 thread, cpu, x86_64:" in text
+    assert "- 1 run: commit aaaaaaaaaa, torch 2.13.0+cpu, 2 threads, cpu, x86_64: `mimo2`" in text
+    assert "- 1 run: no provenance recorded (saved before it was): `base1`" in text

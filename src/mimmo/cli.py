@@ -279,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("paths", nargs="+", help="run folders, or folders that contain run folders")
     report.add_argument("--out", default="reports", help="where the tables and figures go (default reports)")
     report.add_argument("--no-figures", action="store_true", help="tables only")
+    report.add_argument("--reference", default="mimmo", metavar="METHOD",
+                        help="the method every other is compared with in comparison.md (default mimmo)")
     demo = command("demo", "train Base, MIMO and MIMMO (M=2) on the embedded data; print a table", DEMO_EPILOG)
     demo.add_argument("--output-dir", default="runs/demo", help="where the demo's runs go (default runs/demo)")
     demo.add_argument("--epochs", type=int, default=None,
@@ -326,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", SkippedRunsWarning)
                 try:
-                    return make_report(args.paths, args.out, figures=not args.no_figures)
+                    return make_report(args.paths, args.out, figures=not args.no_figures, reference=args.reference)
                 finally:
                     for warning in caught:
                         if issubclass(warning.category, SkippedRunsWarning):

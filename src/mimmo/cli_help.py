@@ -95,8 +95,10 @@ example:
 
 REPORT_EPILOG = """\
 Runs that differ in a setting (train.epochs, data.train_size, ...) go to separate tables, one per
-combination of those settings; each table aggregates seeds (mean ± std from two seeds on).
-Output: OUT/report.md, one .md/.tex/.csv per table and OUT/figures/*.png.
+combination of those settings; each table aggregates seeds (mean ± half-width of the 95% t interval from two
+seeds on). comparison.md pairs every method with the --reference method seed by seed (mean difference, its 95%
+interval, seeds won); per_seed.csv has every run's numbers; report.md starts with the runs' provenance.
+Output: OUT/report.md, comparison.md, per_seed.csv, one .md/.tex/.csv per table and OUT/figures/*.png.
 
 example:
   mimmo report runs/paper --out reports/paper"""

@@ -3,7 +3,9 @@
 ``report(paths, out_dir)`` loads every run under ``paths``, groups the seeds of each setting, writes the
 tables into ``out_dir`` and the figures into ``out_dir/figures``, and returns the Markdown. Where runs have
 post-hoc sections (calibrated metrics, exits pruned by θ, anytime tables) it adds their tables
-(``posthoc.md``) and the anytime figure; where runs have the confidence metrics, a confidence section
+(``posthoc.md``) and the anytime figure; it always writes every run's numbers (``per_seed.csv``), the runs'
+provenance (in ``report.md``'s header) and, where the reference method has a row, the paired comparison of every
+method against it over seeds (``comparison.md``); where runs have the confidence metrics, a confidence section
 (``confidence.md``); where they have training logs, a convergence section (``convergence.md``). It never
 retrains anything.
 """
@@ -13,11 +15,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from mimmo.report.comparison import (
+    COMPARISON_FILE,
+    DEFAULT_REFERENCE,
+    PER_SEED_FILE,
+    comparison_markdown,
+    per_seed_text,
+)
 from mimmo.report.confidence import CONFIDENCE_FILE, confidence_markdown
 from mimmo.report.convergence import CONVERGENCE_FILE, convergence_markdown
 from mimmo.report.figures import make_figures
 from mimmo.report.posthoc import posthoc_figures, posthoc_markdown
 from mimmo.report.runs import Run, RunGroup, SkippedRunsWarning, group_runs, load_runs
+from mimmo.report.stats import provenance_markdown
 from mimmo.report.tables import build_tables, write_tables
 from mimmo.run_folder import write_text_atomic
 
@@ -25,14 +35,22 @@ REPORT_FILE = "report.md"
 POSTHOC_FILE = "posthoc.md"
 
 
-def report(paths: Iterable[str | Path], out_dir: str | Path, figures: bool = True) -> str:
+def report(paths: Iterable[str | Path], out_dir: str | Path, figures: bool = True,
+           reference: str = DEFAULT_REFERENCE) -> str:
     """Load the runs under ``paths``, write tables (and figures) into ``out_dir`` and ``report.md``; return
-    the Markdown."""
+    the Markdown. ``reference`` is the method every other one is compared with in ``comparison.md``."""
     out_dir = Path(out_dir)
-    groups = group_runs(load_runs(list(paths)))
+    runs = load_runs(list(paths))
+    groups = group_runs(runs)
+    methods = sorted({group.method for group in groups})
+    if reference != DEFAULT_REFERENCE and reference not in methods:
+        raise ValueError(f"reference method {reference!r} has no run among the runs given; their methods: {methods}")
     markdown, _ = write_tables(groups, out_dir)
-    text = "# Results\n\n" + markdown
-    for name, section in ((CONFIDENCE_FILE, confidence_markdown(groups)),  # under- or over-confidence
+    tables = build_tables(groups)
+    text = "# Results\n\n" + provenance_markdown(runs) + "\n" + markdown
+    write_text_atomic(out_dir / PER_SEED_FILE, per_seed_text(tables))
+    for name, section in ((COMPARISON_FILE, comparison_markdown(tables, reference)),  # paired, with intervals
+                          (CONFIDENCE_FILE, confidence_markdown(groups)),  # under- or over-confidence
                           (CONVERGENCE_FILE, convergence_markdown(groups))):  # settled? held-out NLL rising?
         if section:
             text += "\n" + section

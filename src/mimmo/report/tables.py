@@ -5,8 +5,10 @@ of those settings, named in the title.
 
 Rows are methods in the paper's order; columns Accuracy, NLL, ECE, Brier x10^3, FLOPs [M], Params [M];
 a block on the clean test set, then a block on the shifted sets (the mean over the 25 sets of each run).
-Every entry is the mean over seeds, ± the population std from two seeds on; the best value of each metric
-column and block is bold (highest accuracy, lowest NLL, ECE and Brier; ties after rounding are all bold).
+Every entry is the mean over seeds, ± the half-width of its 95% t interval from two seeds on (report/stats.py;
+the CSV also has the population std the paper prints); the best mean of each metric column and block is bold
+(highest accuracy, lowest NLL, ECE and Brier; ties after rounding are all bold): bold is not significance,
+comparison.md has the paired differences.
 Methods whose M is not an ensemble size (Base, MC Dropout, DUN, EE) appear in every M's table, as in the paper.
 """
 
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mimmo.report.runs import Run, RunGroup, settings_order
+from mimmo.report.stats import interval
 from mimmo.run_folder import write_text_atomic
 from mimmo.style import DISPLAY_NAMES, method_rank
 
@@ -133,10 +136,10 @@ def _round(value: float) -> float:
 
 @dataclass(frozen=True)
 class Cell:
-    """A mean over seeds and its std, shown only from two seeds on (one seed has no spread to show)."""
+    """A mean over seeds and the half-width of its 95% interval, shown only from two seeds on."""
 
     mean: float
-    std: float
+    half: float
     num_seeds: int
     bold: bool = False
 
@@ -145,7 +148,7 @@ class Cell:
             return "–"
         if self.num_seeds < 2:
             return f"{self.mean:.{DECIMALS}f}"
-        return f"{self.mean:.{DECIMALS}f} ± {self.std:.{DECIMALS}f}"
+        return f"{self.mean:.{DECIMALS}f} ± {self.half:.{DECIMALS}f}"
 
 
 def block_cells(table: Table, block: str) -> list[list[Cell]]:
@@ -154,9 +157,8 @@ def block_cells(table: Table, block: str) -> list[list[Cell]]:
     for group in table.groups:
         row = []
         for column in METRIC_COLUMNS:
-            getter = _metric_getter(block, column.key)
-            mean, std = group.mean_std(getter)
-            row.append(Cell(mean * column.scale, std * column.scale, len(group.values(getter))))
+            spread = interval(group.values(_metric_getter(block, column.key)))
+            row.append(Cell(spread.mean * column.scale, spread.half * column.scale, spread.n))
         cells.append(row)
     for j, column in enumerate(METRIC_COLUMNS):
         values = [_round(row[j].mean) for row in cells if not math.isnan(row[j].mean)]
@@ -165,7 +167,7 @@ def block_cells(table: Table, block: str) -> list[list[Cell]]:
         best = max(values) if column.higher_is_better else min(values)
         for row in cells:
             if not math.isnan(row[j].mean) and _round(row[j].mean) == best:
-                row[j] = Cell(row[j].mean, row[j].std, row[j].num_seeds, True)
+                row[j] = Cell(row[j].mean, row[j].half, row[j].num_seeds, True)
     return cells
 
 
@@ -185,11 +187,12 @@ def has_block(table: Table, block: str) -> bool:
 def _seeds_line(table: Table) -> str:
     counts = [len(g.runs) for g in table.groups]
     if counts == [1] * len(counts):
-        return "One seed per row (no std)."
+        return "One seed per row (no interval)."
     if len(set(counts)) == 1:
-        return f"Mean ± std (population) over {counts[0]} seeds per row."
+        return f"Mean ± half-width of the 95% t interval over n = {counts[0]} seeds per row."
     per_row = ", ".join(f"{row_label(g, table)} {len(g.runs)}" for g in table.groups)
-    return f"Mean ± std (population) over seeds (a row with one seed shows no std); seeds per row: {per_row}."
+    return ("Mean ± half-width of the 95% t interval over seeds (a row with one seed shows none); "
+            f"seeds per row (n): {per_row}.")
 
 
 def to_markdown(table: Table) -> str:
@@ -220,7 +223,7 @@ def latex_escape(text: str) -> str:
 def _latex_cell(cell: Cell) -> str:
     if math.isnan(cell.mean):
         return "--"
-    mean, std = f"{cell.mean:.{DECIMALS}f}", f"{cell.std:.{DECIMALS}f}"
+    mean, std = f"{cell.mean:.{DECIMALS}f}", f"{cell.half:.{DECIMALS}f}"
     if cell.num_seeds < 2:
         return rf"$\textbf{{{mean}}}$" if cell.bold else f"${mean}$"
     if cell.bold:
@@ -256,7 +259,8 @@ def to_csv(table: Table) -> str:
     writer = csv.writer(out, lineterminator="\n")
     metric_keys = [c.key for c in METRIC_COLUMNS]
     writer.writerow(["dataset", "block", "method", "label", "num_members", "num_seeds",
-                     *(f"{k}_{s}" for k in metric_keys for s in ("mean", "std")), "flops", "params", "settings"])
+                     *(f"{k}_{s}" for k in metric_keys for s in ("mean", "std", "ci95")), "flops", "params",
+                     "settings"])
     for block, _ in BLOCKS:
         if not has_block(table, block):
             continue
@@ -265,7 +269,9 @@ def to_csv(table: Table) -> str:
             for key in metric_keys:
                 getter = _metric_getter(block, key)
                 mean, std = group.mean_std(getter)
-                values += [_csv_number(mean), _csv_number(std) if len(group.values(getter)) > 1 else ""]
+                several = len(group.values(getter)) > 1
+                values += [_csv_number(mean), _csv_number(std) if several else "",
+                           _csv_number(interval(group.values(getter)).half) if several else ""]
             costs = [_csv_number(group.metric("cost", key)[0]) for _, key in COST_COLUMNS]
             writer.writerow([table.dataset, block, group.method, row_label(group, table), group.num_members,
                              len(group.runs), *values, *costs, context_text(table.context)])
