@@ -23,8 +23,9 @@ TINY = ["model.planes=[4,4,4,4]", "model.layers=[1,1,1,1]", "model.stem_channels
         "train.epochs=1", "train.batch_size=32", "train.progress_bar=false", "evaluation.shifted=false",
         "train.threads=1"]
 PAPER_GRIDS = {"paper_tables": 66, "paper_alpha": 63, "paper_depth_width": 36}
-ALL_GRIDS = {**PAPER_GRIDS, "paper_mini": 30, "paper_mini_noisy": 30, "paper_mini_alpha": 12, "paper_mini_noisy50": 30,
-             "paper_mini_noisy50_alpha": 12}
+ALL_GRIDS = {**PAPER_GRIDS, "paper_mini": 50, "paper_mini_noisy": 30, "paper_mini_alpha": 12, "paper_mini_noisy50": 50,
+             "paper_mini_noisy50_alpha": 12, "paper_mini_members": 33, "paper_mini_depth_width": 12,
+             "paper_mini_kl": 12}
 TEN_METHODS = {"base", "ensemble", "mc_dropout", "dun", "early_exit", "mimo", "datamux", "mixmo", "mimmo_gamma",
                "mimmo"}
 
@@ -71,7 +72,8 @@ def test_every_grid_run_composes_and_validates():
     planned = {name: grids.plan(grids.load_grid(name)) for name in grids.available_grids()}
     assert {name: sum(map(len, sweeps)) for name, sweeps in planned.items()} == ALL_GRIDS
     built = grids.validate([runs for sweeps in planned.values() for runs in sweeps])
-    assert built == 22 + 9 + 10 + 10 + 10  # tables, Fig. 6's three other models x M, the three miniatures (data)
+    # tables, Fig. 6's three other models x M, the three miniatures (data), the miniature's M = 4 and 8, its Fig. 6
+    assert built == 22 + 9 + 10 + 10 + 10 + 11 + 3
     runs = {name: [run for runs in sweeps for run in runs] for name, sweeps in planned.items()}
     for grid_runs in runs.values():
         assert len({run.folder for run in grid_runs}) == len(grid_runs)
@@ -92,16 +94,27 @@ def test_every_grid_run_composes_and_validates():
     shared = {r.folder for name in ("paper_alpha", "paper_depth_width") for r in runs[name]} & table_folders
     assert len(shared) == 9 and all("method=mimmo," in f.name for f in shared)
     mini = runs["paper_mini"]
-    assert {r.config.method.name for r in mini} == TEN_METHODS and {r.config.seed for r in mini} == {0, 1, 2}
+    assert {r.config.method.name for r in mini} == TEN_METHODS and {r.config.seed for r in mini} == set(range(5))
     assert all(r.config.data.name == "embedded" and r.config.method.get("num_members", 2) == 2 for r in mini)
     assert all(r.config.data.label_noise == 0 and r.config.train.batch_size == 16 for r in mini)
     noisy = runs["paper_mini_noisy"]
     assert {r.config.method.name for r in noisy} == TEN_METHODS and {r.config.seed for r in noisy} == {0, 1, 2}
     assert all(r.config.data.label_noise == 0.3 for r in noisy)
     noisy50 = runs["paper_mini_noisy50"]
-    assert {r.config.method.name for r in noisy50} == TEN_METHODS and {r.config.seed for r in noisy50} == {0, 1, 2}
+    assert {r.config.method.name for r in noisy50} == TEN_METHODS and {r.config.seed for r in noisy50} == set(range(5))
     assert all(r.config.data.label_noise == 0.5 for r in noisy50)
     assert not {r.folder.parent for r in noisy50} & {r.folder.parent for r in noisy}  # 30% runs never skipped as 50%
+    members = runs["paper_mini_members"]
+    assert {(r.config.method.name, r.config.method.num_members) for r in members} == \
+        {(m, 4) for m in ("ensemble", "mimo", "datamux", "mixmo", "mimmo_gamma", "mimmo")} | \
+        {(m, 8) for m in ("mimo", "datamux", "mixmo", "mimmo_gamma", "mimmo")}
+    depth_width = runs["paper_mini_depth_width"]
+    assert {(tuple(r.config.model.layers), r.config.model.width) for r in depth_width} == \
+        {(l, w) for l in ((1, 2, 3, 1), (2, 4, 6, 2)) for w in (0.25, 0.5)}
+    assert len({r.folder for r in depth_width} & {r.folder for r in mini}) == 3  # the default: paper_mini's MIMMO
+    kl = runs["paper_mini_kl"]
+    assert {(r.config.data.label_noise, r.config.method.alpha, r.config.method.kl_convention) for r in kl} == \
+        {(noise, a, c) for noise in (0.0, 0.5) for a, c in ((250, "paper"), (1, "authors"))}
     # Fig. 5 in miniature: alpha = 1 is the noisy grid's MIMMO runs (same folders, trained once)
     for alpha_grid, ten in (("paper_mini_alpha", noisy), ("paper_mini_noisy50_alpha", noisy50)):
         alpha = runs[alpha_grid]
@@ -115,6 +128,16 @@ def test_overrides_replace_a_sweeps_key_and_excluded_keys_cannot_be_swept(tmp_pa
     sweep = ["method=mimo,mimmo", "seed=0,1,2"]
     assert grids.with_overrides(sweep, ["seed=0", "hydra/launcher=joblib"]) == \
         ["method=mimo,mimmo", "seed=0", "hydra/launcher=joblib"]
+    # a method option goes only to the sweeps whose methods all have it; a mixed sweep is refused
+    assert grids.with_overrides(["method=mimmo", "seed=0"], ["method.kl_convention=authors"])[-1] == \
+        "method.kl_convention=authors"
+    assert grids.with_overrides(["method=base,dun", "seed=0"], ["method.kl_convention=authors"]) == \
+        ["method=base,dun", "seed=0"]
+    with pytest.raises(ValueError, match=r"applies to method\(s\) \['mimmo'\] but not to \['mimo'\]"):
+        grids.with_overrides(sweep, ["method.kl_convention=authors"])
+    typo = write_grid(tmp_path / "typo.yaml", ["method=mimmo", "seed=0"])
+    with pytest.raises(ValueError, match=r"no method of grid 'typo' \(\['mimmo'\]\) has the option 'kl_conv'"):
+        grids.plan(grids.load_grid(str(typo)), ["method.kl_conv=authors"])
     assert len(grids.expand(grids.with_overrides(sweep, ["seed=0"]))) == 2
     path = write_grid(tmp_path / "bad.yaml", ["method=base", "train.devices=1,2", f"output_dir={tmp_path}"])
     with pytest.raises(ValueError, match="share the folder"):

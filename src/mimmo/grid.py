@@ -45,7 +45,8 @@ resume from their last checkpoint.
               config is composed and validated (its method is built once per distinct shape) and its data
               checked (there, or to be downloaded)
   overrides   Hydra overrides added to every sweep; one whose key a sweep sets replaces it there, e.g.
-              seed=0, output_dir=/scratch/runs, hydra/launcher=joblib hydra.launcher.n_jobs=2 train.threads=1
+              seed=0, output_dir=/scratch/runs, hydra/launcher=joblib hydra.launcher.n_jobs=2 train.threads=1;
+              a method option (method.kl_convention=authors) goes only to the sweeps of the methods that have it
 """
 
 
@@ -114,19 +115,58 @@ def override_key(override: str) -> str:
     return _parse([override])[0].key_or_group
 
 
+def sweep_methods(sweep: Sequence[str]) -> list[str]:
+    """The methods a sweep trains (its ``method=`` override, a list for a sweep over methods)."""
+    for parsed in _parse(sweep):
+        if parsed.key_or_group == "method":
+            return [str(v) for v in parsed.sweep_string_iterator()] if parsed.is_sweep_override() \
+                else [str(parsed.value())]
+    return [str(yaml.safe_load((Path(CONFIG_DIR) / "config.yaml").read_text())["defaults"][0]["method"])]
+
+
+def method_has_option(method: str, option: str) -> bool:
+    """Whether ``configs/method/<method>.yaml`` has the key ``option`` (an unknown method: no)."""
+    path = Path(CONFIG_DIR) / "method" / f"{method}.yaml"
+    return path.is_file() and option in (yaml.safe_load(path.read_text()) or {})
+
+
 def with_overrides(sweep: Sequence[str], extra: Sequence[str]) -> list[str]:
     """``sweep`` with ``extra`` applied: an extra override replaces the sweep's one of the same key, others
-    are appended."""
+    are appended. A method option (``method.kl_convention=authors``) goes only to the sweeps whose methods all
+    have it: ``mimmo grid paper_tables method.kl_convention=authors`` retrains MIMMO under the authors'
+    convention and leaves the other methods' runs as they are. A sweep in which some methods have the option and
+    others do not is refused (the grid must give them separate sweeps)."""
     result = list(sweep)
     keys = [override_key(o) for o in result]
     for override in extra:
         key = override_key(override)
         if key in keys:
             result[keys.index(key)] = override
-        else:
-            result.append(override)
-            keys.append(key)
+            continue
+        if key.startswith("method.") and not override.startswith("+"):
+            methods = sweep_methods(result)
+            having = [m for m in methods if method_has_option(m, key.split(".", 1)[1])]
+            if not having:
+                continue
+            if len(having) < len(methods):
+                others = [m for m in methods if m not in having]
+                raise ValueError(f"override {override!r} applies to method(s) {having} but not to {others} of the "
+                                 f"sweep {list(sweep)}: give those methods separate sweeps")
+        result.append(override)
+        keys.append(key)
     return result
+
+
+def check_method_options(grid: Grid, extra: Sequence[str]) -> None:
+    """Refuse a method option that no method of the grid has (a typo would otherwise change nothing)."""
+    methods = sorted({m for sweep in grid.sweeps for m in sweep_methods(with_overrides(sweep, [
+        o for o in extra if override_key(o) == "method"]))})
+    for override in extra:
+        key = override_key(override)
+        if key.startswith("method.") and not override.startswith("+") \
+                and not any(method_has_option(m, key.split(".", 1)[1]) for m in methods):
+            raise ValueError(f"override {override!r}: no method of grid {grid.name!r} ({methods}) has the option "
+                             f"{key.split('.', 1)[1]!r}")
 
 
 def expand(sweep: Sequence[str]) -> list[tuple[str, ...]]:
@@ -158,6 +198,7 @@ def plan(grid: Grid, extra: Sequence[str] = ()) -> list[list[PlannedRun]]:
     import hydra
     from omegaconf import OmegaConf, open_dict
 
+    check_method_options(grid, extra)
     sweeps: list[list[PlannedRun]] = []
     with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         for index, sweep in enumerate(grid.sweeps):
