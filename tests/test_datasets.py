@@ -7,8 +7,10 @@ import http.server
 import io
 import json
 import pickle
+import struct
 import tarfile
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,9 @@ from mimmo.cli import main
 from mimmo.config import compose
 from mimmo.data import DATASETS, check_data, dataset_shape, load_data, load_folder
 from mimmo.data import download as download_module
+from mimmo.data.datasets import ImageSet, split_train
 from mimmo.data.download import Archive, file_md5
+from mimmo.data.folder import read_images
 from mimmo.grid import run_grid
 from mimmo.report import report
 from mimmo.training import load_run
@@ -94,6 +98,7 @@ def test_folder_shape_is_known_from_the_config(image_folder):
     ("no_test", r"expected .*/test, which does not exist"),
     ("extra_class", r"has class folders \['wolf'\] that train/ does not have"),
     ("bad_image", r"is not a readable image"),
+    ("empty_class", r"the class folder\(s\) \['.*/train/wolf'\] hold no .png/.jpg/.jpeg image"),
 ])
 def test_a_bad_folder_is_refused_naming_the_path(tmp_path, layout, match):
     root = tmp_path / "data"
@@ -107,11 +112,107 @@ def test_a_bad_folder_is_refused_naming_the_path(tmp_path, layout, match):
         (root / "test" / "wolf").mkdir()
     if layout == "bad_image":
         (root / "train" / "cat" / "broken.png").write_bytes(b"not a png")
+    if layout == "empty_class":
+        (root / "train" / "wolf").mkdir()
+        (root / "train" / "wolf" / "notes.txt").write_text("not an image")
     root.mkdir(exist_ok=True)
     data = {"name": "folder", "root": None if layout == "none" else str(root), "size": 8, "channels": 3,
             "validation_fraction": 0.5}
     with pytest.raises((FileNotFoundError, ValueError), match=match):
         load_data(data, seed=0)
+
+
+def test_an_empty_class_folder_is_refused_by_the_check_and_the_shape(tmp_path):
+    """An empty train/<class>/ would be a class without images: a silent extra output (4 classes, not 3)."""
+    root = make_image_folder(tmp_path, {"train": 1, "test": 1})
+    (root / "train" / "empty_class").mkdir()
+    data = {"name": "folder", "root": str(root), "size": 8, "channels": 3}
+    for action in (check_data, dataset_shape):
+        with pytest.raises(FileNotFoundError, match=r"\['.*/train/empty_class'\] hold no"):
+            action(data)
+
+
+def write_png_16bit_rgb(path: Path, pixels: np.ndarray) -> None:
+    """A 16-bit RGB PNG written by hand (Pillow writes 16-bit grey, not 16-bit RGB): (H, W, 3) uint16."""
+    height, width, _ = pixels.shape
+    raw = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # 16 bits per channel, colour type 2: RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+
+
+def read_one(tmp_path: Path, save, channels: int) -> np.ndarray:
+    """The single image that ``save(path)`` writes, read as data=folder reads it: (H, W, C) uint8."""
+    folder = tmp_path / "split"
+    (folder / "a").mkdir(parents=True, exist_ok=True)
+    path = folder / "a" / "image.png"
+    save(path)
+    return read_images(folder, ("a",), (4, 5), channels).images[0].permute(1, 2, 0).numpy()
+
+
+def test_16_bit_grey_and_rgb_keep_their_high_byte(tmp_path):
+    """16-bit values v become v >> 8 (65535 -> 255, 0x1234 -> 0x12), grey and RGB alike; no saturation."""
+    grey = (np.arange(20, dtype=np.uint16).reshape(4, 5) * 3000 + 300)
+    read = read_one(tmp_path, lambda path: Image.fromarray(grey).save(path), channels=1)
+    assert np.array_equal(read[..., 0], grey >> 8) and (read < 255).mean() > 0.9
+    assert np.array_equal(read_one(tmp_path, lambda path: Image.fromarray(grey).save(path), channels=3),
+                          np.repeat((grey >> 8)[..., None], 3, axis=2).astype(np.uint8))
+    rgb = np.stack([grey, 65535 - grey, np.full_like(grey, 0x1234)], axis=-1)
+    read = read_one(tmp_path, lambda path: write_png_16bit_rgb(path, rgb), channels=3)
+    assert np.array_equal(read, (rgb >> 8).astype(np.uint8))
+    assert read[0, 0].tolist() == [1, 254, 0x12]
+
+
+def test_palette_images_are_looked_up_and_transparency_composited_onto_black(tmp_path):
+    palette = [10, 20, 30, 200, 100, 50, 255, 255, 255]
+    indices = np.array([[0, 1, 2, 1, 0]] * 4, dtype=np.uint8)
+
+    def save_palette(path: Path, transparent: int | None = None) -> None:
+        image = Image.fromarray(indices, "P")
+        image.putpalette(palette)
+        image.save(path, **({} if transparent is None else {"transparency": transparent}))
+
+    colours = np.array(palette, dtype=np.uint8).reshape(3, 3)
+    assert np.array_equal(read_one(tmp_path, save_palette, channels=3), colours[indices])
+    with_transparent = read_one(tmp_path, lambda path: save_palette(path, transparent=2), channels=3)
+    assert np.array_equal(with_transparent, np.where((indices == 2)[..., None], 0, colours[indices]))
+    rgba = np.zeros((4, 5, 4), dtype=np.uint8)
+    rgba[..., :3] = [200, 100, 50]
+    rgba[..., 3] = [[255, 128, 0, 51, 255]] * 4
+    read = read_one(tmp_path, lambda path: Image.fromarray(rgba, "RGBA").save(path), channels=3)
+    # colour x alpha / 255, rounded: alpha 128 -> (100, 50, 25); alpha 51 (0.2) -> (40, 20, 10); alpha 0 -> black
+    assert read[0].tolist() == [[200, 100, 50], [100, 50, 25], [0, 0, 0], [40, 20, 10], [200, 100, 50]]
+    grey_alpha = np.stack([np.full((4, 5), 200, np.uint8), rgba[..., 3]], axis=-1)
+    read = read_one(tmp_path, lambda path: Image.fromarray(grey_alpha, "LA").save(path), channels=1)
+    assert read[0, :, 0].tolist() == [200, 100, 0, 40, 200]
+
+
+def test_an_image_mode_without_a_clear_8_bit_reading_is_refused_naming_the_file(tmp_path):
+    floats = np.linspace(0, 1, 20, dtype=np.float32).reshape(4, 5)
+    with pytest.raises(ValueError, match=r"image\.png has the image mode 'F', which data=folder does not read"):
+        read_one(tmp_path, lambda path: Image.fromarray(floats).save(path, format="TIFF"), channels=3)
+
+
+def test_a_train_size_below_one_image_per_class_is_refused_naming_the_classes(image_folder):
+    data = {"name": "folder", "root": str(image_folder), "size": 8, "train_size": 2}
+    with pytest.raises(ValueError, match=r"folder: data.train_size=2, fewer than the 3 classes, leaves the class\(es\) "
+                                         r"\['fox'\] without a training image; raise it to at least 3"):
+        load_data(data, seed=0)
+    assert len(load_data({**data, "train_size": 3}, seed=0).train.labels.unique()) == 3
+
+
+def test_a_validation_split_that_takes_a_class_whole_is_refused_naming_it():
+    images = torch.zeros(5, 1, 2, 2, dtype=torch.uint8)
+    train = ImageSet(images, torch.tensor([0, 0, 0, 0, 1]))
+    test = ImageSet(images[:2], torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"toy: data.validation_fraction=0.75 \(held out per class, rounded\) leaves "
+                                         r"the class\(es\) \['b'\] without a training image"):
+        split_train("toy", train, test, 2, 0.75, seed=0, class_names=("a", "b"))
+    assert split_train("toy", train, test, 2, 0.25, seed=0).train.labels.tolist().count(1) == 1
 
 
 @pytest.mark.parametrize(("option", "match"), [("size=0", r"data.size must be a positive integer"),

@@ -196,6 +196,23 @@ def test_a_crafted_cifar_batch_does_not_run_its_payload(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("kind", ["garbage", "payload", "truncated", "not_a_dict"])
+def test_a_damaged_or_crafted_cifar_meta_file_is_refused_in_one_line(tmp_path, kind):
+    marker = tmp_path / "pwned"
+    write_cifar(tmp_path / "data", [0, 1] * 20)
+    meta = {"garbage": b"this is not a pickle\n" * 10,
+            "payload": pickle.dumps({b"label_names": Payload(marker)}),
+            "truncated": pickle.dumps({b"label_names": [b"airplane"] * 10})[:30],
+            "not_a_dict": pickle.dumps([b"airplane"] * 10)}[kind]
+    (tmp_path / "data" / "cifar-10-batches-py" / "batches.meta").write_bytes(meta)
+    match = r"batches.meta (is not a valid CIFAR meta file|does not list 10 class names)"
+    with pytest.raises(ValueError, match=match) as refused:
+        training.load_splits(tiny("data=cifar10", f"data.root={tmp_path / 'data'}", "data.train_size=null"))
+    assert not marker.exists()
+    if kind == "payload":
+        assert "global 'pathlib" in str(refused.value) and "is not allowed" in str(refused.value)
+
+
 def test_the_restricted_unpickler_reads_what_cifar_holds():
     batch = {b"batch_label": b"training batch 1 of 5", b"labels": [3, 1], b"data": np.arange(6, dtype=np.uint8),
              b"filenames": [b"a.png", b"b.png"]}

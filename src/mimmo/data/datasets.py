@@ -132,6 +132,27 @@ def _check_fraction(name: str, value: float) -> None:
         raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
 
 
+def check_every_class_trains(name: str, before: Tensor, after: Tensor, cause: str, hint: str,
+                             class_names: tuple[str, ...] | None = None) -> None:
+    """Refuse a split that leaves a class of the labels ``before`` without a training image in ``after``, naming
+    the classes, the ``cause`` (the setting that drew the split) and a ``hint``."""
+    missing = sorted(set(before.unique().tolist()) - set(after.unique().tolist()))
+    if missing:
+        names = [class_names[k] if class_names else k for k in missing]
+        raise ValueError(f"{name}: {cause} leaves the class(es) {names} without a training image; {hint}")
+
+
+def check_train_size_keeps_every_class(name: str, before: Tensor, after: Tensor, train_size: int, num_classes: int,
+                                       class_names: tuple[str, ...] | None = None) -> None:
+    """Refuse a ``data.train_size`` whose stratified draw leaves a class out (always so below one per class)."""
+    if train_size < num_classes:
+        cause, hint = f"data.train_size={train_size}, fewer than the {num_classes} classes,", \
+            f"raise it to at least {num_classes}"
+    else:
+        cause, hint = f"data.train_size={train_size} (kept per class in proportion, rounded)", "raise it"
+    check_every_class_trains(name, before, after, cause, hint, class_names)
+
+
 def split_train(name: str, train: ImageSet, test: ImageSet, num_classes: int, validation_fraction: float,
                 seed: int, train_size: int | None = None, class_names: tuple[str, ...] | None = None) -> Splits:
     """Hold out ``validation_fraction`` of ``train`` (stratified, drawn from ``seed``); optionally keep only
@@ -143,11 +164,16 @@ def split_train(name: str, train: ImageSet, test: ImageSet, num_classes: int, va
         raise ValueError(f"{name}: validation_fraction {validation_fraction} of {len(train)} training images holds "
                          "out no image of any class; raise it (or give the dataset more images)")
     train_part = train.subset(train_index)
+    check_every_class_trains(name, train.labels, train_part.labels,
+                             f"data.validation_fraction={validation_fraction} (held out per class, rounded)",
+                             "lower it or give those classes more images", class_names)
     if train_size is not None:
         if not 0 < train_size <= len(train_part):
             raise ValueError(f"train_size must lie in [1, {len(train_part)}] (the training split), got {train_size}")
         if train_size < len(train_part):
             _, keep = stratified_split(train_part.labels, train_size / len(train_part), generator, total=train_size)
+            check_train_size_keeps_every_class(name, train_part.labels, train_part.labels[keep], train_size,
+                                               num_classes, class_names)
             train_part = train_part.subset(keep)
     return Splits(name, train_part, train.subset(validation_index), test, num_classes, class_names)
 
@@ -250,8 +276,18 @@ def _cifar_class_names(name: str, folder: Path, num_classes: int) -> tuple[str, 
     path = folder / meta_file
     if not path.is_file():
         return None
-    with open(path, "rb") as f:
-        names = safe_load(f, encoding="bytes").get(key)
+    try:
+        with open(path, "rb") as f:
+            meta = safe_load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, KeyError, IndexError, AttributeError, ValueError, TypeError,
+            OverflowError, MemoryError) as error:
+        raise ValueError(f"{path} is not a valid CIFAR meta file ({error!r}); restore it from the "
+                         f"archive, or remove it (the class names are then the labels' numbers). {CIFAR_HELP}"
+                         ) from error
+    names = meta.get(key) if isinstance(meta, dict) else None
     if not isinstance(names, list) or len(names) != num_classes:
         raise ValueError(f"{path} does not list {num_classes} class names under {key!r}")
-    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    try:
+        return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: the class names under {key!r} are not UTF-8 text ({error})") from error

@@ -1,24 +1,33 @@
 """A dataset from a folder of images: ``root/train/<class>/*.png|jpg``, ``root/test/<class>/...`` and an
 optional ``root/val/<class>/...``.
 
-Classes are the sub-folders of ``train/`` (sorted by name; label k is the k-th); every image is read with
-Pillow, converted to grey (1 channel) or RGB (3), resized to ``size`` (bilinear) and kept in memory as uint8
-(N, C, H, W), like every other dataset. Without ``val/``, ``validation_fraction`` of ``train/`` is held out
-(stratified, drawn from the seed).
+Classes are the sub-folders of ``train/`` (sorted by name; label k is the k-th); a class folder without an
+image is refused. Every image is read with Pillow and brought to 8 bits (:func:`eight_bit`: 16-bit grey and RGB
+keep their high byte, palettes are looked up, transparency is composited onto black, other modes are refused
+naming the file), converted to grey (1 channel) or RGB (3), resized to ``size`` (bilinear) and kept in memory as
+uint8 (N, C, H, W), like every other dataset. Without ``val/``, ``validation_fraction`` of ``train/`` is held
+out (stratified, drawn from the seed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from mimmo.data.datasets import ImageSet, Splits, split_train, stratified_split
+from mimmo.data.datasets import ImageSet, Splits, check_train_size_keeps_every_class, split_train, stratified_split
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 PIL_MODES = {1: "L", 3: "RGB"}
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow's 16-bit grey (older Pillow: "I")
+ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+COLOUR_MODES = ("RGB", "RGBX", "CMYK", "YCbCr")  # converted to RGB by Pillow's own colour conversion
 LAYOUT_HELP = ("data=folder reads data.root/train/<class>/*.png|jpg and data.root/test/<class>/... "
                "(and data.root/val/<class>/... if present)")
 
@@ -47,7 +56,48 @@ def folder_classes(root: str | Path) -> tuple[str, ...]:
     classes = tuple(sorted(p.name for p in train.iterdir() if p.is_dir()))
     if not classes:
         raise FileNotFoundError(f"dataset folder: {train} holds no class sub-folders; {LAYOUT_HELP}")
+    empty = [name for name in classes if not image_files(train / name)]
+    if empty:
+        raise FileNotFoundError(f"dataset folder: the class folder(s) {[str(train / name) for name in empty]} hold no "
+                                f"{'/'.join(IMAGE_SUFFIXES)} image; every sub-folder of train/ is a class: add its "
+                                "images or remove it")
     return classes
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The images of one class folder (by suffix, sorted by name)."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def eight_bit(image: Image, path: Path) -> Image:
+    """``image`` as 8-bit grey ("L") or RGB: 16-bit grey keeps its high byte (Pillow does the same for 16-bit
+    RGB), a palette is looked up, alpha is composited onto black (each colour times its opacity); CMYK and YCbCr
+    are converted. ValueError naming the file and its mode for anything else (float, 32-bit integer, ...)."""
+    from PIL import Image as PILImage
+
+    mode = image.mode
+    if mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"{path} is a {mode!r} image with values outside 16 bits [0, 65535]; data=folder reads "
+                             "8- and 16-bit grey and RGB, palette and RGBA images")
+        return PILImage.fromarray((values >> 8).astype(np.uint8), "L")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode == "PA":
+        image = image.convert("RGBA")
+    if image.mode in ALPHA_MODES:
+        grey = image.mode in ("LA", "La")
+        values = np.asarray(image.convert("LA" if grey else "RGBA")).astype(np.uint32)
+        colour, alpha = values[..., :-1], values[..., -1:]
+        blended = ((colour * alpha + 127) // 255).astype(np.uint8)
+        return PILImage.fromarray(blended[..., 0] if grey else blended, "L" if grey else "RGB")
+    if image.mode in ("1", "L"):
+        return image.convert("L")
+    if image.mode in COLOUR_MODES:
+        return image.convert("RGB")
+    raise ValueError(f"{path} has the image mode {mode!r}, which data=folder does not read; save it as 8- or 16-bit "
+                     "grey or RGB, a palette image or RGBA")
 
 
 def check_folder(root: str | Path) -> None:
@@ -72,10 +122,10 @@ def read_images(folder: Path, classes: Sequence[str], size: tuple[int, int], cha
         class_folder = folder / name
         if not class_folder.is_dir():
             continue
-        for path in sorted(p for p in class_folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        for path in image_files(class_folder):
             try:
                 with Image.open(path) as image:
-                    image = image.convert(PIL_MODES[channels])
+                    image = eight_bit(image, path).convert(PIL_MODES[channels])
                     if image.size != (width, height):
                         image = image.resize((width, height), Image.Resampling.BILINEAR)
                     array = np.asarray(image, dtype=np.uint8)
@@ -106,5 +156,7 @@ def load_folder(root: str | Path, seed: int, size: int | Sequence[int] = 32, cha
         if train_size < len(train):
             generator = torch.Generator().manual_seed(seed)
             _, keep = stratified_split(train.labels, train_size / len(train), generator, total=train_size)
+            check_train_size_keeps_every_class("folder", train.labels, train.labels[keep], train_size, len(classes),
+                                               classes)
             train = train.subset(keep)
     return Splits("folder", train, validation, test, len(classes), classes)
