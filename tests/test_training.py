@@ -311,6 +311,8 @@ def assert_refused_before_training(run_dir: Path) -> None:
     (["train.channels_last=sometimes"], r"train\.channels_last must be true, false or auto, got 'sometimes'"),
     (["train.compile=yes"], r"train\.compile must be true or false, got 'yes'"),
     (["train.log_every_n_steps=0"], r"train\.log_every_n_steps must be an integer >= 1, got 0"),
+    (["seed=-1"], r"seed must be an integer in \[0, 4294967295\] \(2\*\*32 - 1, numpy's range\), got -1"),
+    (["seed=4294967296"], r"seed must be an integer in \[0, 4294967295\].*got 4294967296"),
     (["+method.dropout=0.5"], r"unknown setting method\.dropout \(nothing reads it\); the method settings are alpha, "),
     (["model.layers=[1,1,1,1,1,1]", "model.planes=[4,4,4,4,4,4]", "model.strides=[2,2,2,2,2,2]"],
      r"input size \(28, 28\) is too small .*>= 64"),

@@ -140,7 +140,8 @@ def validate_training(cfg: DictConfig) -> None:
         (isinstance(noise := cfg.data.get("label_noise", 0.0), (int, float)) and not isinstance(noise, bool)
          and 0.0 <= noise < 1.0,
          f"data.label_noise must be a number in [0, 1) (the fraction of training labels replaced), got {noise!r}"),
-        (is_integer(cfg.seed), f"seed must be an integer, got {cfg.seed!r}"),
+        (is_integer(cfg.seed) and 0 <= cfg.seed < 2**32,
+         f"seed must be an integer in [0, 4294967295] (2**32 - 1, numpy's range), got {cfg.seed!r}"),
     ]
     for ok, message in checks:
         if not ok:
