@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mimmo.cli import main
 from mimmo.data.shifts import set_name, shifted_sets
 from mimmo.report import report
 from mimmo.report.figures import (
@@ -25,7 +26,7 @@ from mimmo.report.figures import (
     reliability_figure,
     shift_figure,
 )
-from mimmo.report.runs import SkippedRunsWarning, group_runs, load_runs, mean_std
+from mimmo.report.runs import NonFiniteMetricsWarning, SkippedRunsWarning, group_runs, load_runs, mean_std
 from mimmo.report.stats import interval, paired, provenance_markdown, t_quantile_975
 from mimmo.report.tables import build_tables, row_label, to_csv, to_latex, to_markdown, write_tables
 
@@ -233,6 +234,36 @@ def test_incomplete_and_invalid_folders_are_skipped_and_named(runs_dir: Path, tm
         assert name in message
     with pytest.warns(SkippedRunsWarning), pytest.raises(ValueError, match="no valid run"):
         load_runs([runs_dir / "crashed"])
+
+
+def test_a_nan_metric_shows_as_nan_in_every_table_with_one_line_naming_the_run(tmp_path: Path, capsys):
+    """A run whose metrics are NaN (a diverged run) keeps its row in the results and the confidence tables, as
+    nan, and `mimmo report` names it in one line on stderr; the other rows and the best values are unchanged."""
+    nan = float("nan")
+    diverged = write_run(tmp_path / "runs" / "base", "base", 1, 0,
+                         {**results(nan, nan, nan, nan), "confidence": nan, "accuracy_minus_confidence": nan},
+                         nan, 1, 1)
+    write_run(tmp_path / "runs" / "mimo", "mimo", 2, 0,
+              {**results(0.47, 3.53, 0.22, 0.00752), "confidence": 0.5, "accuracy_minus_confidence": -0.03}, 0.21,
+              1, 1)
+    write_run(tmp_path / "runs" / "mimmo", "mimmo", 2, 0,
+              {**results(0.6, 1.5, 0.14, 0.0052), "confidence": 0.62, "accuracy_minus_confidence": -0.02}, 0.3, 1, 1)
+    with pytest.warns(NonFiniteMetricsWarning, match=rf"{diverged}: metrics.json holds \d+ non-finite value\(s\) "
+                                                     r"\(test.accuracy, test.nll, test.ece and \d+ more\)"):
+        text = report([tmp_path / "runs"], tmp_path / "out", figures=False)
+    results_table = text.split("## Confidence\n")[0]
+    assert "| Base | nan | nan | nan | nan | 0.00 | 0.00 |" in results_table  # the test block
+    assert results_table.count("| Base | nan |") == 2  # and the shifted block
+    assert "| MIMMO | **0.60** | **1.50** | **0.14** | **5.20** |" in results_table
+    assert "| Base | nan | nan | +nan |" in text.split("## Confidence\n")[1]
+    csv = (tmp_path / "out" / "table_embedded_M2.csv").read_text().splitlines()
+    assert csv[1].startswith("embedded,test,base,Base,1,1,nan,,,nan,,,nan,,,nan,,,")
+    assert "| Base | +nan 0/1 | +nan 0/1 |" in (tmp_path / "out" / "comparison.md").read_text()
+    assert "base,Base,1,,0,base,nan,nan," in (tmp_path / "out" / "per_seed.csv").read_text()
+
+    main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "again"), "--no-figures"])
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mimmo report: {diverged}: metrics.json holds ")
 
 
 def test_report_writes_tables_figures_and_markdown(runs_dir: Path, tmp_path: Path):

@@ -322,16 +322,16 @@ def main(argv: list[str] | None = None) -> None:
         print(run_summary(args.run_dir, results) + "\n(metrics.json updated)")
     elif args.command == "report":
         from mimmo.report import report as make_report
-        from mimmo.report.runs import SkippedRunsWarning
+        from mimmo.report.runs import ReportWarning
 
         def make() -> str:
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", SkippedRunsWarning)
+                warnings.simplefilter("always", ReportWarning)
                 try:
                     return make_report(args.paths, args.out, figures=not args.no_figures, reference=args.reference)
                 finally:
                     for warning in caught:
-                        if issubclass(warning.category, SkippedRunsWarning):
+                        if issubclass(warning.category, ReportWarning):
                             print(f"mimmo report: {warning.message}", file=sys.stderr)
                         else:
                             warnings.warn_explicit(warning.message, warning.category, warning.filename,

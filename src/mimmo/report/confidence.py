@@ -9,7 +9,6 @@ those metrics existed show "–" until ``mimmo evaluate RUN`` recomputes them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from mimmo.report.runs import RunGroup, mean_std
@@ -25,9 +24,10 @@ def _mean_of_list(values: list[float] | None) -> float | None:
 def _cell(values: list[float | None], sign: str = "+") -> str:
     """Mean (± population std from two values on) of the values that are there; ``sign="+"`` prints the sign
     (a gap), ``""`` not (a level)."""
-    mean, std = mean_std([v for v in values if v is not None and not math.isnan(v)])
-    if math.isnan(mean):
+    present = [v for v in values if v is not None]  # NaN kept: the mean is then nan, shown as such
+    if not present:
         return "–"
+    mean, std = mean_std(present)
     return f"{mean:{sign}.3f}" if len(values) < 2 else f"{mean:{sign}.3f} ± {std:.3f}"
 
 

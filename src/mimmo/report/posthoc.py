@@ -7,7 +7,6 @@ tables stay the raw ones.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,9 +22,13 @@ ANYTIME_POINTS = ("base", "mimo", "ensemble")  # shown as single points beside t
 WITHIN_POINTS = 0.5  # accuracy tolerance, in percentage points, of the cheapest anytime threshold
 
 
-def _cell(values: list[float], scale: float = 1.0, decimals: int = 3) -> str:
-    mean, std = mean_std(values)
-    return "–" if math.isnan(mean) else f"{mean * scale:.{decimals}f} ± {std * scale:.{decimals}f}"
+def _cell(values: list[float | None], scale: float = 1.0, decimals: int = 3) -> str:
+    """Mean ± population std of the values that are there ('–' for none; nan where one is nan)."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return "–"
+    mean, std = mean_std(present)
+    return f"{mean * scale:.{decimals}f} ± {std * scale:.{decimals}f}"
 
 
 def calibration_markdown(groups: Sequence[RunGroup]) -> str:

@@ -29,8 +29,17 @@ ABLATION_SETTINGS = ("method.alpha", "model.layers", "model.planes", "model.widt
 REQUIRED_KEYS = ("method", "dataset", "num_members", "test")
 
 
-class SkippedRunsWarning(UserWarning):
+class ReportWarning(UserWarning):
+    """Something about the given runs that the report shows but the reader should know (``mimmo report`` prints
+    each as one line on stderr)."""
+
+
+class SkippedRunsWarning(ReportWarning):
     """Some given paths are not valid runs (missing, incomplete, unreadable, another format)."""
+
+
+class NonFiniteMetricsWarning(ReportWarning):
+    """A run's metrics.json holds NaN or infinite values: the report shows them as ``nan`` / ``inf``."""
 
 
 @dataclass(frozen=True)
@@ -167,11 +176,35 @@ def read_run(folder: Path) -> Run:
     return Run(folder, metrics, config)
 
 
+def non_finite_metrics(metrics: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of metrics.json whose numbers are NaN or infinite (``test.nll``, ``shifted.sets...``);
+    the run's config is not searched."""
+    if isinstance(metrics, dict):
+        return [key for name, value in metrics.items() if not (prefix == "" and name == "config")
+                for key in non_finite_metrics(value, f"{prefix}{name}.")]
+    if isinstance(metrics, list):
+        return [key for index, value in enumerate(metrics) for key in non_finite_metrics(value, f"{prefix}{index}.")]
+    if isinstance(metrics, float) and not math.isfinite(metrics):
+        return [prefix.rstrip(".")]
+    return []
+
+
+def warn_non_finite(run: Run, shown: int = 3) -> None:
+    """One :class:`NonFiniteMetricsWarning` line naming the run and its first non-finite metrics, if any."""
+    keys = non_finite_metrics(run.metrics)
+    if keys:
+        more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+        warnings.warn(f"{run.path}: {METRICS_FILE} holds {len(keys)} non-finite value(s) ({', '.join(keys[:shown])}"
+                      f"{more}); the report shows them as nan or inf, and a mean over seeds that includes one is nan",
+                      NonFiniteMetricsWarning, stacklevel=3)
+
+
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     """Every valid run under ``paths`` (run folders or folders holding run folders, searched recursively).
 
     Missing paths, folders without metrics.json, unreadable files and other format versions are skipped and
-    named in one :class:`SkippedRunsWarning`; ValueError if no valid run remains.
+    named in one :class:`SkippedRunsWarning`; ValueError if no valid run remains. A run whose metrics hold NaN
+    or infinities is kept and named in a :class:`NonFiniteMetricsWarning` (one per run).
     """
     runs: list[Run] = []
     skipped: list[tuple[Path, str]] = []
@@ -184,9 +217,12 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
                 continue
             seen.add(folder.resolve())
             try:
-                runs.append(read_run(folder))
+                run = read_run(folder)
             except ValueError as error:
                 skipped.append((folder, str(error)))
+                continue
+            runs.append(run)
+            warn_non_finite(run)
     if skipped:
         lines = "\n".join(f"  {folder}: {reason}" for folder, reason in skipped)
         warnings.warn(f"skipped {len(skipped)} path(s) that are not valid runs:\n{lines}", SkippedRunsWarning,
@@ -215,16 +251,12 @@ class RunGroup:
         return [run.seed for run in self.runs]
 
     def values(self, getter: Callable[[Run], Any]) -> list[float]:
-        """One value per run (None and NaN values left out)."""
-        out = []
-        for run in self.runs:
-            value = getter(run)
-            if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                out.append(float(value))
-        return out
+        """One value per run that has it (None left out; NaN and infinities kept, so that a mean over seeds is
+        NaN where a seed's value is: a report shows it rather than the other seeds' mean)."""
+        return [float(value) for value in map(getter, self.runs) if value is not None]
 
     def mean_std(self, getter: Callable[[Run], Any]) -> tuple[float, float]:
-        """Mean and population std over seeds; (nan, nan) when no run has the value."""
+        """Mean and population std over seeds; (nan, nan) when no run has the value, nan where one is nan."""
         return mean_std(self.values(getter))
 
     def metric(self, *keys: str) -> tuple[float, float]:

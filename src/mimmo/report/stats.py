@@ -88,13 +88,9 @@ class Paired:
 
 
 def by_seed(group: RunGroup, getter: Callable[[Run], Any]) -> dict[Any, float]:
-    """The finite values of a group, keyed by seed."""
-    out = {}
-    for run in group.runs:
-        value = getter(run)
-        if value is not None and math.isfinite(float(value)):
-            out[run.seed] = float(value)
-    return out
+    """The values of a group, keyed by seed (None left out; NaN and infinities kept, so that a paired difference
+    with one is nan, shown as such, as in every other table)."""
+    return {run.seed: float(value) for run in group.runs if (value := getter(run)) is not None}
 
 
 def paired(method: dict[Any, float], reference: dict[Any, float], higher_is_better: bool) -> Paired:

@@ -8,7 +8,8 @@ a block on the clean test set, then a block on the shifted sets (the mean over t
 Every entry is the mean over seeds, ± the half-width of its 95% t interval from two seeds on (report/stats.py;
 the CSV also has the population std the paper prints); the best mean of each metric column and block is bold
 (highest accuracy, lowest NLL, ECE and Brier; ties after rounding are all bold): bold is not significance,
-comparison.md has the paired differences.
+comparison.md has the paired differences. A NaN or infinite value (a diverged run) makes its mean ``nan``/``inf``,
+shown as such and never bold; "–" means no run has the value.
 Methods whose M is not an ensemble size (Base, MC Dropout, DUN, EE) appear in every M's table, as in the paper.
 """
 
@@ -144,7 +145,7 @@ class Cell:
     bold: bool = False
 
     def text(self) -> str:
-        if math.isnan(self.mean):
+        if self.num_seeds == 0:
             return "–"
         if self.num_seeds < 2:
             return f"{self.mean:.{DECIMALS}f}"
@@ -161,21 +162,26 @@ def block_cells(table: Table, block: str) -> list[list[Cell]]:
             row.append(Cell(spread.mean * column.scale, spread.half * column.scale, spread.n))
         cells.append(row)
     for j, column in enumerate(METRIC_COLUMNS):
-        values = [_round(row[j].mean) for row in cells if not math.isnan(row[j].mean)]
+        values = [_round(row[j].mean) for row in cells if math.isfinite(row[j].mean)]
         if len(values) < 2:
             continue
         best = max(values) if column.higher_is_better else min(values)
         for row in cells:
-            if not math.isnan(row[j].mean) and _round(row[j].mean) == best:
+            if math.isfinite(row[j].mean) and _round(row[j].mean) == best:
                 row[j] = Cell(row[j].mean, row[j].half, row[j].num_seeds, True)
     return cells
 
 
+def _cost_getter(key: str) -> Callable[[Run], Any]:
+    return lambda run: run.get("cost", key)
+
+
 def cost_texts(group: RunGroup) -> list[str]:
+    """FLOPs and params in millions ('–' where no run has them)."""
     texts = []
     for _, key in COST_COLUMNS:
         mean, _ = group.metric("cost", key)
-        texts.append("–" if math.isnan(mean) else f"{mean / 1e6:.{DECIMALS}f}")
+        texts.append(f"{mean / 1e6:.{DECIMALS}f}" if group.values(_cost_getter(key)) else "–")
     return texts
 
 
@@ -221,8 +227,10 @@ def latex_escape(text: str) -> str:
 
 
 def _latex_cell(cell: Cell) -> str:
-    if math.isnan(cell.mean):
+    if cell.num_seeds == 0:
         return "--"
+    if not math.isfinite(cell.mean):
+        return cell.text()
     mean, std = f"{cell.mean:.{DECIMALS}f}", f"{cell.half:.{DECIMALS}f}"
     if cell.num_seeds < 2:
         return rf"$\textbf{{{mean}}}$" if cell.bold else f"${mean}$"
@@ -269,17 +277,19 @@ def to_csv(table: Table) -> str:
             for key in metric_keys:
                 getter = _metric_getter(block, key)
                 mean, std = group.mean_std(getter)
-                several = len(group.values(getter)) > 1
-                values += [_csv_number(mean), _csv_number(std) if several else "",
-                           _csv_number(interval(group.values(getter)).half) if several else ""]
-            costs = [_csv_number(group.metric("cost", key)[0]) for _, key in COST_COLUMNS]
+                count = len(group.values(getter))
+                values += [_csv_number(mean) if count else "", _csv_number(std) if count > 1 else "",
+                           _csv_number(interval(group.values(getter)).half) if count > 1 else ""]
+            costs = [_csv_number(group.metric("cost", key)[0]) if group.values(_cost_getter(key)) else ""
+                     for _, key in COST_COLUMNS]
             writer.writerow([table.dataset, block, group.method, row_label(group, table), group.num_members,
                              len(group.runs), *values, *costs, context_text(table.context)])
     return out.getvalue()
 
 
 def _csv_number(value: float) -> str:
-    return "" if math.isnan(value) else repr(float(value))
+    """The value at full precision (``nan``, ``inf`` as such)."""
+    return repr(float(value))
 
 
 def write_tables(groups: Sequence[RunGroup], out_dir: str | Path) -> tuple[str, list[Path]]:
