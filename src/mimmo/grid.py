@@ -19,6 +19,7 @@ data checked (there, or to be downloaded).
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -93,7 +94,11 @@ def load_grid(name: str) -> Grid:
         path = Path(name)
     else:
         raise ValueError(f"unknown grid {name!r}; choose one of {sorted(grids)} or give the path of a grid file")
-    content = yaml.safe_load(path.read_text())
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"grid file {path} is not readable YAML ({' '.join(str(error).split())}); quote an "
+                         "override that holds brackets or commas, e.g. \"model.layers=[1,1,1,1]\"") from error
     if not isinstance(content, dict) or not isinstance(content.get("sweeps"), list) or not content["sweeps"]:
         raise ValueError(f"grid file {path} must hold a mapping with a non-empty list 'sweeps'")
     sweeps = []
@@ -316,6 +321,92 @@ def sweep_command(sweep: Sequence[str], extra: Sequence[str]) -> list[str]:
     return ["--multirun", *with_overrides(sweep, extra)]
 
 
+def product_blocks(jobs: Sequence[Sequence[str]]) -> list[list[list[str]]]:
+    """Cover ``jobs`` (override tuples of one sweep: position i sets the same key in every job) exactly by
+    Cartesian blocks, each a list of the values (``key=value`` strings) per position, in first-seen order."""
+    if not jobs:
+        return []
+    if not jobs[0]:
+        return [[]]
+    blocks: dict[str, tuple[list[str], list[list[list[str]]]]] = {}
+    for first in dict.fromkeys(job[0] for job in jobs):
+        rest = product_blocks([job[1:] for job in jobs if job[0] == first])
+        blocks.setdefault(repr(rest), ([], rest))[0].append(first)  # same rest: one block over these firsts
+    return [[firsts, *block] for firsts, rest in blocks.values() for block in rest]
+
+
+def block_overrides(block: Sequence[Sequence[str]]) -> list[str]:
+    """One block's overrides: ``key=v1,v2`` for a position with several values (``key=v`` for one)."""
+    overrides = []
+    for values in block:
+        if len(values) == 1:
+            overrides.append(values[0])
+        else:
+            key = values[0].split("=", 1)[0]
+            overrides.append(f"{key}={','.join(value.split('=', 1)[1] for value in values)}")
+    return overrides
+
+
+def pending_commands(sweep: Sequence[str], extra: Sequence[str], runs: Sequence[PlannedRun]) -> list[list[str]]:
+    """The ``mimmo train`` arguments that run exactly the unfinished runs of one sweep: the sweep itself when none
+    is finished, no command when all are, else one ``--multirun`` per Cartesian block of the unfinished runs
+    (so that a cluster launcher never submits a job only for it to find its run finished)."""
+    pending = [run for run in runs if run.status != "finished"]
+    if len(pending) == len(runs):
+        return [sweep_command(sweep, extra)]
+    hydra_overrides = [o for o in with_overrides(sweep, extra) if _parse([o])[0].is_hydra_override()]
+    return [["--multirun", *block_overrides(block), *hydra_overrides]
+            for block in product_blocks([run.overrides for run in pending])]
+
+
+def job_failure(text: str) -> tuple[str, int]:
+    """From the text of submitit's error for a job (its stderr tail and paths): mimmo's one line with the job's
+    log path, and the exit status: 128 + the signal for a job stopped by SIGTERM/SIGINT, 143 for one that hit its
+    time limit and was not requeued (both resume from their checkpoint), else 1."""
+    lines = [line.strip() for line in text.splitlines()]
+    mimmo_lines = [line for line in lines if line.startswith("mimmo ")]
+    sections = re.split(r"^-{3,}$", text, flags=re.MULTILINE)  # submitit puts the job's trace or stderr between
+    stream = [line.strip() for line in (sections[1] if len(sections) > 1 else text).splitlines() if line.strip()]
+    message = (mimmo_lines or stream or ["the job ended without a message"])[-1]
+    logs = [line[2:] for line in lines if line.startswith("- ") and line.endswith("_log.err")]
+    if not logs:
+        result = next((line.split(" with path ", 1)[1].split()[0] for line in lines if " with path " in line), None)
+        logs = [result.removesuffix("_result.pkl") + "_log.err"] if result else []
+    stopped = {"SIGTERM": 143, "SIGINT": 130}
+    code = next((code for name, code in stopped.items() if f"stopped by {name}" in message), 1)
+    if "not requeued because" in text:  # submitit at a time limit, without hydra.launcher.max_num_timeout left
+        code = 143
+    return f"{message} (its log: {logs[0] if logs else 'none found'})", code
+
+
+@contextmanager
+def one_line_job_failures(out: Callable[[str], None]) -> Iterator[None]:
+    """While a sweep runs with Hydra's submitit launcher: a job that fails or is stopped ends the sweep with
+    mimmo's one line and the job's log path (SystemExit: 143 or 130 for a job stopped by a signal, else 1), not
+    submitit's error in a traceback."""
+    try:
+        from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+        from submitit.core.utils import FailedJobError, UncompletedJobError
+    except ImportError:  # no submitit launcher installed: nothing to translate
+        yield
+        return
+    original = BaseSubmititLauncher.launch
+
+    def launch(self: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
+        try:
+            return original(self, job_overrides, initial_job_idx)
+        except (UncompletedJobError, FailedJobError) as error:
+            message, code = job_failure(str(error))
+            out(f"[grid] a job {'was stopped' if code != 1 else 'failed'}: {message}")
+            raise SystemExit(code) from None
+
+    BaseSubmititLauncher.launch = launch  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        BaseSubmititLauncher.launch = original  # type: ignore[method-assign]
+
+
 def _summary(runs: Sequence[PlannedRun]) -> str:
     counts = {status: sum(run.status == status for run in runs) for status in ("finished", "partial", "new")}
     return (f"{len(runs)} run{'s' * (len(runs) != 1)}: {counts['finished']} finished, "
@@ -347,16 +438,25 @@ def run_grid(name: str, extra: Sequence[str] = (), dry_run: bool = False,
         return total
     if train is None:
         raise ValueError("run_grid needs train (e.g. mimmo.cli.train_command) unless dry_run")
-    for index, sweep in enumerate(grid.sweeps):
-        arguments = sweep_command(sweep, extra)
-        out(f"[grid] running sweep {index + 1}/{len(grid.sweeps)}: mimmo train {' '.join(map(shlex.quote, arguments))}")
-        try:
-            train(arguments)
-        except SystemExit as error:
-            if error.code not in (None, 0):  # a failure, a refusal or a signal (143, 130): not finished
-                what = "was stopped by a signal" if error.code in (130, 143) else "failed"
-                out(f"[grid] sweep {index + 1} {what}; start the grid again to resume it (finished runs are skipped)")
-            raise
+    for index, (sweep, runs) in enumerate(zip(grid.sweeps, sweeps, strict=True)):
+        commands = pending_commands(sweep, extra, runs)  # statuses now: an earlier sweep may have run shared ones
+        if not commands:
+            out(f"[grid] sweep {index + 1}/{len(grid.sweeps)}: its {len(runs)} runs are finished; nothing to run")
+        for arguments in commands:
+            left_out = "" if arguments == sweep_command(sweep, extra) else " (its unfinished runs only)"
+            out(f"[grid] running sweep {index + 1}/{len(grid.sweeps)}{left_out}: mimmo train "
+                f"{' '.join(map(shlex.quote, arguments))}")
+            try:
+                with one_line_job_failures(out):
+                    train(arguments)
+            except SystemExit as error:
+                if error.code not in (None, 0):  # a failure, a refusal or a signal (143, 130): not finished
+                    if error.code in (130, 143):
+                        out(f"[grid] sweep {index + 1} stopped (resume by running the grid again)")
+                    else:
+                        out(f"[grid] sweep {index + 1} failed; run the grid again once it is fixed (finished runs "
+                            "are skipped, cut-off ones resume)")
+                raise
     out(f"[grid] {grid.name}: done")
     return total
 
