@@ -29,10 +29,11 @@ from mimmo.models import MLP, MLPFactory, ResNetConfig, ResNetFactory
 TINY = ResNetFactory(ResNetConfig(layers=(1, 1, 1, 1), planes=(4, 4, 4, 4), stem_channels=8))
 SMALL_MLP = MLPFactory(hidden=(12, 10, 8), stem_features=12)
 PROGRESS = Progress(epoch=10, num_epochs=20, fraction=0.5, num_train=100)
-PAPER_ORDER = ["base", "ensemble", "mc_dropout", "dun", "early_exit", "mimo", "datamux", "mixmo",
-               "mimmo_gamma", "mimmo"]
+PAPER_ORDER = ["base", "ensemble", "batch_ensemble", "packed_ensemble", "mc_dropout", "dun", "early_exit", "mimo",
+               "datamux", "mixmo", "mimmo_gamma", "mimmo"]
 # Options that give every method a distinctive (D, M) so that a swapped axis cannot pass unnoticed.
-OPTIONS = {"ensemble": {"num_members": 3}, "mc_dropout": {"num_samples": 5}, "mimo": {"num_members": 3},
+OPTIONS = {"ensemble": {"num_members": 3}, "batch_ensemble": {"num_members": 3},
+           "packed_ensemble": {"num_members": 3}, "mc_dropout": {"num_samples": 5}, "mimo": {"num_members": 3},
            "datamux": {"num_members": 3}, "mixmo": {"num_members": 3}, "mimmo": {"num_members": 3},
            "mimmo_gamma": {"num_members": 3}}
 
@@ -539,6 +540,11 @@ def test_mixmo_training_uses_no_input_repetition_and_flat_features():
     ("datamux", {"input_repetition": 2.0}, "input_repetition"),
     ("datamux", {"repetitions": 0}, "repetitions"),
     ("ensemble", {"num_members": 0}, "num_members"),
+    ("batch_ensemble", {"num_members": 0}, "num_members"),
+    ("batch_ensemble", {"fast_weight_init": "ones"}, r"fast_weight_init must be one of \('normal', 'random_sign'\)"),
+    ("packed_ensemble", {"alpha": 0}, r"alpha \(width factor\) must be a number > 0, got 0"),
+    ("packed_ensemble", {"gamma": 1.5}, r"gamma \(subgroups per member\) must be an integer >= 1, got 1.5"),
+    ("packed_ensemble", {"num_members": 0}, "num_members"),
     ("dun", {"num_members": 2}, "no option"),
 ])
 def test_bad_options_are_refused(name, options, match):

@@ -6,10 +6,12 @@ from __future__ import annotations
 from mimmo.methods.registry import DISPLAY_NAMES, METHODS, display_name
 
 METHOD_ORDER = tuple(METHODS)  # the paper's row order, from the method catalogue
-# (colour, marker) per method: ten distinct colours of matplotlib's tab10 and ten distinct markers.
+# (colour, marker) per method: distinct colours (matplotlib's tab10, then two named ones) and distinct markers.
 METHOD_STYLES = {
     "base": ("tab:gray", "o"),
     "ensemble": ("tab:brown", "s"),
+    "batch_ensemble": ("goldenrod", "d"),
+    "packed_ensemble": ("navy", "p"),
     "mc_dropout": ("tab:pink", "D"),
     "dun": ("tab:olive", "v"),
     "early_exit": ("tab:cyan", "^"),

@@ -1,6 +1,7 @@
 """FLOPs and parameters of one test-time prediction in the paper's convention (SPEC §7).
 
-Rules: conv and linear count one per multiply-add plus one per output for a bias; BatchNorm 2 per
+Rules: conv and linear (grouped ones included) count one per multiply-add plus one per output for a bias;
+BatchEnsemble's fast weights one per element they scale, its member bias one per output; BatchNorm 2 per
 element; ReLU, residual add and dropout 1 per output element; pooling 1 per input element; the softmax
 of every exit and member 1 per logit; reshapes, flatten and identity 0. The count runs forward hooks on
 leaf modules during one prediction on a batch of one; a leaf module without a rule is an error rather
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mimmo.models.backbone import Add, count_parameters
+from mimmo.models.ensemble_layers import GroupedLinear, RankOneLayer
 
 CostRule = Callable[[nn.Module, tuple[Tensor, ...], Tensor], int]
 
@@ -36,6 +38,19 @@ def _linear_flops(module: nn.Linear, inputs: tuple[Tensor, ...], output: Tensor)
     return flops
 
 
+def _grouped_linear_flops(module: GroupedLinear, inputs: tuple[Tensor, ...], output: Tensor) -> int:
+    flops = module.in_features // module.groups * output.numel()
+    if module.bias is not None:
+        flops += output.numel()
+    return flops
+
+
+def _rank_one_flops(module: RankOneLayer, inputs: tuple[Tensor, ...], output: Tensor) -> int:
+    """BatchEnsemble's fast weights (the wrapped layer counts itself): r and s one multiply per element they
+    scale, the member bias one add per output."""
+    return inputs[0].numel() + output.numel() * (1 if module.bias is None else 2)
+
+
 def _per_input_element(factor: int) -> CostRule:
     return lambda module, inputs, output: factor * inputs[0].numel()
 
@@ -51,6 +66,8 @@ def _free(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> int:
 COST_RULES: dict[type[nn.Module], CostRule] = {
     nn.Conv2d: _conv_flops,
     nn.Linear: _linear_flops,
+    GroupedLinear: _grouped_linear_flops,
+    RankOneLayer: _rank_one_flops,
     nn.BatchNorm1d: _per_input_element(2),
     nn.BatchNorm2d: _per_input_element(2),
     nn.ReLU: _per_output_element,
