@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,6 +21,8 @@ from mimmo.data.shifts import (
     shifted_sets,
     translation_directions,
 )
+
+SRC = str(Path(__file__).parents[1] / "src")
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +142,30 @@ def test_translation_directions_depend_on_seed_and_are_balanced():
 def test_shift_images_accepts_uint8():
     data = load_embedded(0).test.images[:4]
     assert torch.equal(shift_images(data, "brightness", 0.5), (data.float() / 255 * 0.5).clamp(0, 1))
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 13, 17)])
+@pytest.mark.parametrize("level", SHIFTS["translate"])
+def test_translation_is_bit_identical_to_kornias(shape, level):
+    """The torch translation replaced kornia's ``translate`` (nearest, zero padding, align_corners): every level,
+    all four directions, square and non-square random images, equal to the bit. Skipped where kornia is absent."""
+    kornia_translate = pytest.importorskip("kornia.geometry.transform").translate
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(64, *shape, generator=generator)
+    indices = torch.arange(64) * 7 + 3  # positions in a larger set
+    directions = translation_directions(indices, 5, level)
+    assert set(directions.tolist()) == {0, 1, 2, 3}
+    pixels = torch.tensor([max(1, int(level * shape[2] + 0.5)), max(1, int(level * shape[1] + 0.5))])
+    offsets = (torch.tensor(DIRECTIONS) * pixels)[directions].float()
+    expected = kornia_translate(images, offsets, mode="nearest", padding_mode="zeros", align_corners=True)
+    assert torch.equal(apply_shift(images, "translate", level, indices, seed=5), expected.clamp(0.0, 1.0))
+
+
+def test_the_package_runs_without_kornia():
+    """kornia is no dependency: with it made unimportable, the CLI and every shift still import and run."""
+    code = ("import sys; sys.modules['kornia'] = None\n"
+            "import torch, mimmo.cli, mimmo.evaluation.evaluate\n"
+            "from mimmo.data.shifts import apply_shift, shifted_sets\n"
+            "x = torch.rand(4, 3, 8, 8)\n"
+            "assert all(apply_shift(x, k, v).shape == x.shape for k, v in shifted_sets())\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": SRC}, timeout=300)

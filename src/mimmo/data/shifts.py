@@ -4,7 +4,9 @@ Every shift is batched and runs on the images' device. The only randomness, the 
 image's translation, is a pure function of (seed, level, image index), so a shifted set is the same for
 every seed-equal call and every batch size.
 
-- translate: shift by round(level * size) pixels right, left, down or up (one per image), zero fill;
+- translate: shift by round(level * size) pixels right, left, down or up (one per image), zero fill: a
+  gather of whole pixels (the same pixels as kornia's ``translate`` with nearest sampling, which earlier
+  versions used; ``tests/test_shifts.py`` compares the two when kornia is installed);
 - rotate: rotate counter-clockwise by exactly ``level`` degrees about the centre, nearest sampling,
   zero fill (0 degrees is the identity). The source pixel of every output pixel is computed once in
   float64 on the CPU and gathered on the device, so the result is the same on every device (kornia's
@@ -24,7 +26,6 @@ import zlib
 
 import torch
 import torch.nn.functional as F
-from kornia.geometry.transform import translate
 from torch import Tensor
 
 SHIFTS: dict[str, tuple[float, ...]] = {
@@ -112,6 +113,18 @@ def rotation_source(height: int, width: int, angle: float) -> tuple[Tensor, Tens
     return index.flatten(), inside.flatten()
 
 
+def _translate(images: Tensor, offsets: Tensor) -> Tensor:
+    """Move image b by offsets[b] = (dx, dy) whole pixels (right and down positive), zero fill."""
+    batch, channels, height, width = images.shape
+    rows = torch.arange(height, device=images.device)[None, :, None] - offsets[:, 1, None, None]  # (B, H, 1)
+    cols = torch.arange(width, device=images.device)[None, None, :] - offsets[:, 0, None, None]  # (B, 1, W)
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)  # (B, H, W)
+    index = (rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)).reshape(batch, 1, height * width)
+    flat = images.reshape(batch, channels, height * width)
+    moved = flat.gather(2, index.expand(batch, channels, height * width)).reshape(images.shape)
+    return moved * inside[:, None].to(images.dtype)
+
+
 def _rotate(images: Tensor, angle: float) -> Tensor:
     batch, channels, height, width = images.shape
     index, inside = rotation_source(height, width, angle)
@@ -138,11 +151,10 @@ def apply_shift(images: Tensor, kind: str, level: float, indices: Tensor | None 
         indices = torch.as_tensor(indices, device=images.device)
         if indices.shape != (batch,):
             raise ValueError(f"indices must have shape ({batch},), got {tuple(indices.shape)}")
-        steps = torch.tensor(DIRECTIONS, dtype=images.dtype, device=images.device)
-        steps = steps * torch.tensor([_pixels(level, width), _pixels(level, height)], dtype=images.dtype,
+        steps = torch.tensor(DIRECTIONS, dtype=torch.int64, device=images.device)
+        steps = steps * torch.tensor([_pixels(level, width), _pixels(level, height)], dtype=torch.int64,
                                      device=images.device)
-        offsets = steps[translation_directions(indices, seed, level)]
-        out = translate(images, offsets, mode="nearest", padding_mode="zeros", align_corners=True)
+        out = _translate(images, steps[translation_directions(indices, seed, level)])
     elif kind == "rotate":
         out = _rotate(images, level)
     elif kind == "brightness":
