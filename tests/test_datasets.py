@@ -343,16 +343,20 @@ def test_offline_download_says_so(tmp_path, monkeypatch):
 
 
 def test_train_refuses_missing_cifar_before_any_folder_is_made(tmp_path, capsys):
-    with pytest.raises(SystemExit, match=r"mimmo train: dataset cifar100: expected the folder "
-                                         r"/nonexistent/cifar-100-python, which does not exist"):
+    with pytest.raises(SystemExit) as exited:
         main(["train", "data=cifar100", "data.root=/nonexistent", f"output_dir={tmp_path / 'runs'}"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith("mimmo train: dataset cifar100: expected the folder "
+                                              "/nonexistent/cifar-100-python, which does not exist")
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_multirun_checks_every_dataset_before_any_folder_is_made(tmp_path, image_folder):
-    with pytest.raises(SystemExit, match=r"dataset cifar10: expected the folder /nonexistent/cifar-10-batches-py"):
+def test_a_multirun_checks_every_dataset_before_any_folder_is_made(tmp_path, image_folder, capsys):
+    with pytest.raises(SystemExit) as exited:
         main(["train", "--multirun", "data=embedded,cifar10", "data.root=/nonexistent",
               f"output_dir={tmp_path / 'runs'}"])
+    assert exited.value.code == 2
+    assert "dataset cifar10: expected the folder /nonexistent/cifar-10-batches-py" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 

@@ -305,6 +305,7 @@ def assert_refused_before_training(run_dir: Path) -> None:
     (["method.num_members=true"], r"num_members must be an integer >= 1, got True"),
     (["train.batch_size=1000"], r"train\.batch_size must be <= the training split's 256 images.*got 1000"),
     (["method.prior=[0.5,0.5]"], r"prior must have shape .*got \(2,\)"),
+    (["method.prior=uniform"], r"prior must be null \(uniform 1/D\), a list of D=4 numbers .*got 'uniform'"),
     (["method.prior=[0.1,0.1,0.1,0.1]"], r"prior must sum to 1 .*0\.4"),
     (["train.warm_start_epochs=2"], r"warm_start_epochs \(2\) must be < train\.epochs \(2\)"),
     (["train.warm_start_epochs=5"], r"warm_start_epochs \(5\) must be < train\.epochs \(2\)"),

@@ -23,7 +23,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from mimmo.config import CONFIG_DIR, compose
+from mimmo.config import CONFIG_DIR, check_overrides_parse, compose
 from mimmo.errors import run_reporting_errors
 from mimmo.run_folder import register_resolvers
 
@@ -83,8 +83,9 @@ def _train_main(cfg: DictConfig) -> float | None:
 
 
 def check_data_before_start(overrides: list[str]) -> None:
-    """Before Hydra makes any run folder: every run's data is there (or will be downloaded); SystemExit naming
-    the dataset and the path otherwise. Each distinct data config of a ``--multirun`` sweep is checked once."""
+    """Before Hydra makes any run folder: every run's data is there (or will be downloaded); FileNotFoundError
+    naming the dataset and the path otherwise. Each distinct data config of a ``--multirun`` sweep is checked
+    once."""
     from omegaconf import OmegaConf
 
     from mimmo.data.registry import check_data
@@ -105,8 +106,6 @@ def check_data_before_start(overrides: list[str]) -> None:
                 checked.add(key)
     except (HydraException, OmegaConfBaseException):
         return  # an override that does not compose: Hydra reports it next, with its own message
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"mimmo train: {error}") from error
 
 
 def train_command(overrides: list[str]) -> None:
@@ -121,6 +120,7 @@ def train_command(overrides: list[str]) -> None:
     hydra_flags = [o for o in overrides if o.startswith("-") and o not in ("--multirun", "-m")]
     with ExitStack() as held:
         def check_and_lock() -> None:
+            check_overrides_parse(overrides)
             check_data_before_start(overrides)
             folder = None if hydra_flags else check_training_runs(overrides)
             if folder is not None and is_rank_zero_launcher():
@@ -145,10 +145,13 @@ def cost_table_command(overrides: list[str]) -> None:
     members = [2, 4, 8]
     if "--members" in overrides:
         position = overrides.index("--members")
+        given = overrides[position + 1] if position + 1 < len(overrides) else None
         try:
-            members = [int(m) for m in overrides[position + 1].split(",")]
-        except (IndexError, ValueError) as error:
-            raise SystemExit(f"--members takes a comma-separated list of integers, e.g. 2,4,8 ({error})") from error
+            members = [int(m) for m in str(given).split(",")]
+        except ValueError:
+            members = []
+        if given is None or not members or min(members) < 1:
+            raise ValueError(f"--members takes a comma-separated list of integers >= 1, e.g. 2,4,8, got {given!r}")
         overrides = overrides[:position] + overrides[position + 2:]
     cfg = compose([o for o in overrides if o != "--table"])
     data_shape, num_classes = input_spec(cfg)
@@ -197,6 +200,7 @@ def cost_command(overrides: list[str]) -> None:
     if any(o == "--run" or o.startswith("--run=") for o in overrides):
         run_cost_command(overrides)
         return
+    check_overrides_parse(overrides)
     cfg = compose(overrides)
     input_shape, num_classes = input_spec(cfg)
     method = build_method_from_config(cfg, input_shape, num_classes)
@@ -234,12 +238,24 @@ def posthoc_evaluate(args: argparse.Namespace) -> None:
 
 
 def best_device(name: str = "auto") -> str:
-    """``auto``: the first CUDA device where there is one, else the CPU; any other name is kept as given."""
-    if name != "auto":
-        return name
+    """``auto``: the first CUDA device where there is one, else the CPU; any other name is checked (a device torch
+    knows, a CUDA device this machine has) and kept as given. ValueError naming it otherwise."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"--device {name!r} is not a device name: cpu, cuda, cuda:1, ... or auto") from error
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: this torch {torch.__version__} sees no CUDA device (a CPU-only build, "
+                             "or no GPU here); use --device cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     args = build_parser().parse_args(argv)
     if args.command in ("evaluate", "calibrate"):
-        args.device = best_device(args.device)
+        args.device = run_reporting_errors(args.command, lambda: best_device(args.device))
     if args.command == "evaluate" and (args.anytime or args.prune_exits is not None):
         posthoc_evaluate(args)
     elif args.command == "evaluate":

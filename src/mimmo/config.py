@@ -37,6 +37,25 @@ def compose(overrides: list[str]) -> DictConfig:
             Singleton._instances[GlobalHydra] = saved
 
 
+def check_overrides_parse(overrides: list[str]) -> None:
+    """Refuse an override that Hydra's override grammar cannot read (``output_dir=/runs/a=b``, a non-ASCII
+    character outside quotes), naming it and how to quote its value; flags (``--multirun``) are skipped."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        if override.startswith("-"):
+            continue
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException as error:
+            key, _, value = override.partition("=")
+            raise ValueError(f"the override {override!r} cannot be read ({' '.join(error.message.split())}); quote a "
+                             f"value that holds '=', spaces, brackets or non-ASCII characters: {key}='{value}' (in "
+                             f"a shell: \"{key}='{value}'\")") from error
+
+
 # The config groups whose section names its option (``method=mimo`` gives ``method.name: mimo``).
 NAMED_GROUPS = ("method", "model", "data")
 

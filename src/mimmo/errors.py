@@ -11,11 +11,14 @@ from typing import TypeVar
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from mimmo.run_folder import RunFolderBusy
+from mimmo.run_folder import DiskFull, RunFolderBusy
 
 # Errors that mean "this input is not allowed" (exit status 2), not a bug in mimmo.
 REFUSALS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, RunFolderBusy,
             HydraException, OmegaConfBaseException)
+# Errors that are not the input's fault but that the message fully explains (exit status 1): a non-finite loss,
+# no network for data.download=true, a full disk.
+ENVIRONMENT = (FloatingPointError, ConnectionError, DiskFull)
 T = TypeVar("T")
 
 
@@ -30,16 +33,16 @@ def one_line(error: BaseException) -> str:
 
 def run_reporting_errors(command: str, action: Callable[[], T]) -> T:
     """Run ``action``; a refusal becomes one line on stderr and exit status 2, a signal stop 128 + its number,
-    a non-finite loss status 1 (each with the traceback under ``--debug``)."""
+    a non-finite loss, no network or a full disk status 1 (each with the traceback under ``--debug``)."""
     from mimmo.interrupt import Interrupted
 
     try:
         return action()
-    except (Interrupted, *REFUSALS, FloatingPointError) as error:
+    except (Interrupted, *REFUSALS, *ENVIRONMENT) as error:
         if isinstance(error, Interrupted):
             code, message = error.exit_code, str(error)
         else:
-            code, message = (1 if isinstance(error, FloatingPointError) else 2), one_line(error)
+            code, message = (1 if isinstance(error, ENVIRONMENT) else 2), one_line(error)
         if debugging():
             traceback.print_exception(error)
         print(f"mimmo {command}: {message}", file=sys.stderr)

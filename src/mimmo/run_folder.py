@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -93,6 +94,28 @@ def temporary_name(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
+class DiskFull(OSError):
+    """No space left while writing a run folder's file (the temporary file is removed, the previous file kept)."""
+
+
+def disk_full(path: str | Path, error: BaseException) -> DiskFull:
+    """The :class:`DiskFull` for ``error`` raised while writing ``path``: one line with the path and the free space."""
+    path = Path(path)
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 1e6:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFull(errno.ENOSPC, f"no space left on the device while writing {path} ({free} on {path.parent}); the "
+                    "previous version of the file is kept: free some space and run the same command again")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """An OSError for a full disk, or torch.save's RuntimeError for a write that failed (its cause is not kept)."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(error, RuntimeError) and "write failed" in str(error)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a per-process temporary path; once the body has written it, it replaces ``path`` in one step.
@@ -103,8 +126,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield temporary
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if is_disk_full(error) and not isinstance(error, DiskFull):
+            raise disk_full(path, error) from error
         raise
 
 

@@ -31,6 +31,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mimmo.config import check_known_keys
@@ -61,6 +62,8 @@ from mimmo.run_folder import (
     NON_SEMANTIC_KEYS,
     WEIGHTS_FILE,
     atomic_path,
+    disk_full,
+    is_disk_full,
     is_rank_zero_launcher,
     lock,
     read_config,
@@ -389,7 +392,13 @@ class AtomicCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         temporary = temporary_name(filepath)
-        trainer.save_checkpoint(temporary, self.save_weights_only)
+        try:
+            trainer.save_checkpoint(temporary, self.save_weights_only)
+        except (OSError, RuntimeError) as error:
+            temporary.unlink(missing_ok=True)  # the previous last.ckpt stays
+            if is_disk_full(error):
+                raise disk_full(filepath, error) from error
+            raise
         if trainer.is_global_zero:
             os.replace(temporary, filepath)
         self._last_global_step_saved = trainer.global_step
@@ -449,14 +458,32 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[M
     else:
         input_shape, num_classes = input_spec(cfg)
     method = build_method_from_config(cfg, input_shape, num_classes)
-    tensors = load_file(str(run_dir / WEIGHTS_FILE))
+    path = run_dir / WEIGHTS_FILE
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} is damaged and cannot be read ({error}); train the run again (remove {path} and "
+                         f"{run_dir / METRICS_FILE})") from error
     normalizer = Normalizer(torch.zeros(input_shape[0]), torch.ones(input_shape[0]), flattens_images(cfg, input_shape))
-    def part(prefix: str) -> dict[str, torch.Tensor]:
-        return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-
-    normalizer.load_state_dict(part("normalizer."))
-    method.load_state_dict(part("method."))
+    load_weights(normalizer, tensors, "normalizer.", path)
+    load_weights(method, tensors, "method.", path)
     return method.to(device).eval(), normalizer.to(device), cfg
+
+
+def load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: Path) -> None:
+    """Load the ``prefix`` part of a weights file into ``module``; ValueError naming the file and the first
+    missing, unexpected or differently shaped tensors when they do not match the run's config."""
+    given = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+    expected = module.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in given]
+    problems += [f"unexpected {k}" for k in given if k not in expected]
+    problems += [f"{k} has shape {tuple(given[k].shape)}, the config's model {tuple(v.shape)}"
+                 for k, v in expected.items() if k in given and given[k].shape != v.shape]
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise ValueError(f"{path} does not match the run's config.yaml ({len(problems)} differences in "
+                         f"'{prefix.rstrip('.')}': {shown}); it belongs to another run, or the config was edited")
+    module.load_state_dict(given)
 
 
 def configure_threads(cfg: DictConfig) -> None:

@@ -37,7 +37,12 @@ def make_prior(prior: Sequence | Tensor | None, num_exits: int, num_members: int
     """The prior gamma as a (D, M) table: uniform 1/D by default; a (D,) vector is shared by all members."""
     if prior is None:
         return torch.full((num_exits, num_members), 1.0 / num_exits)
-    table = torch.as_tensor(prior, dtype=torch.float32)
+    allowed = f"null (uniform 1/D), a list of D={num_exits} numbers or D lists of M={num_members} numbers"
+    require(not isinstance(prior, (str, bytes, bool, int, float)), f"prior must be {allowed}, got {prior!r}")
+    try:
+        table = torch.as_tensor(prior, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"prior must be {allowed}, got {prior!r} ({error})") from error
     given_shape = tuple(table.shape)  # report the shape the user gave, not the expanded one
     if table.dim() == 1:
         table = table[:, None].expand(-1, num_members)

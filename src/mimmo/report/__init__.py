@@ -40,6 +40,8 @@ def report(paths: Iterable[str | Path], out_dir: str | Path, figures: bool = Tru
     """Load the runs under ``paths``, write tables (and figures) into ``out_dir`` and ``report.md``; return
     the Markdown. ``reference`` is the method every other one is compared with in ``comparison.md``."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a folder for the tables and figures (it is made if missing)")
     runs = load_runs(list(paths))
     groups = group_runs(runs)
     methods = sorted({group.method for group in groups})
