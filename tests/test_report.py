@@ -418,3 +418,17 @@ def test_provenance_header_names_the_runs_that_differ(tmp_path: Path):
     assert "- 6 runs: commit aaaaaaaaaa, torch 2.13.0+cpu, 1 thread, cpu, x86_64:" in text
     assert "- 1 run: commit aaaaaaaaaa, torch 2.13.0+cpu, 2 threads, cpu, x86_64: `mimo2`" in text
     assert "- 1 run: no provenance recorded (saved before it was): `base1`" in text
+
+
+def test_the_reference_row_is_the_one_at_the_methods_default_settings(tmp_path: Path):
+    """With MIMMO at alpha = 250 and alpha = 1 in one table, the comparison is against alpha = 1 (the default),
+    whichever comes first."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run(root / f"a250_{seed}", "mimmo", 2, seed, results(0.7, 1.0, 0.1, 0.006), 0.3, 1, 1, num_exits=4,
+                  method__alpha=250.0)
+        write_run(root / f"a1_{seed}", "mimmo", 2, seed, results(0.8, 0.9, 0.1, 0.005), 0.3, 1, 1, num_exits=4)
+    report([root], tmp_path / "out", figures=False)
+    comparison = (tmp_path / "out" / "comparison.md").read_text()
+    assert "Against **MIMMO (α=1)**" in comparison
+    assert "| MIMMO (α=250) | **-0.100 [-0.100, -0.100]** 2/2 |" in comparison

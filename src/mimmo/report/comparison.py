@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+import yaml
+
+from mimmo.config import CONFIG_DIR
 from mimmo.report.runs import RunGroup
 from mimmo.report.stats import Paired, by_seed, paired, per_seed_csv
 from mimmo.report.tables import BLOCKS, METRIC_COLUMNS, Table, _metric_getter, has_block, row_label
@@ -16,11 +21,21 @@ PER_SEED_FILE = "per_seed.csv"
 DEFAULT_REFERENCE = "mimmo"
 
 
+def method_defaults(method: str) -> dict[str, Any]:
+    """The options of ``configs/method/<method>.yaml`` as ``method.<key>`` settings ({} for an unknown method)."""
+    path = Path(CONFIG_DIR) / "method" / f"{method}.yaml"
+    content = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return {f"method.{key}": value for key, value in (content or {}).items()}
+
+
 def reference_group(table: Table, reference: str) -> RunGroup | None:
-    """The reference method's row of ``table``: its row without ablation settings if it has one, else its first."""
+    """The reference method's row of ``table``: among its rows, the one whose varying settings take the method's
+    default values most often (``α=1, KL=paper`` before ``α=250``), the first of those on a tie."""
     rows = [g for g in table.groups if g.method == reference]
-    plain = [g for g in rows if not g.variant]
-    return (plain or rows or [None])[0]
+    if not rows:
+        return None
+    defaults = method_defaults(reference)
+    return max(rows, key=lambda g: sum(defaults.get(k, object()) == v for k, v in g.variant) - len(g.variant))
 
 
 def _signed(value: float, scale: float) -> str:

@@ -32,8 +32,8 @@ from mimmo.style import DISPLAY_NAMES, method_rank
 
 # Methods whose M is not the ensemble size the tables are indexed by: shown in every M's table.
 MEMBER_INDEPENDENT = frozenset({"base", "mc_dropout", "dun", "early_exit"})
-SETTING_NAMES = {"method.alpha": "α", "model.layers": "layers", "model.planes": "planes",
-                 "model.width": "width"}
+SETTING_NAMES = {"method.alpha": "α", "method.kl_convention": "KL", "model.layers": "layers",
+                 "model.planes": "planes", "model.width": "width"}
 
 
 @dataclass(frozen=True)
