@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 def run(method: str, root: Path, run_dir: Path, overrides: list[str], tensor_lr: bool) -> dict[str, Any]:
     from mimmo import training
     from mimmo.config import compose
-    from mimmo.training_step import prepare_optimizer
+    from mimmo.training.step import prepare_optimizer
 
     original = training.prepare_optimizer
     if tensor_lr:

@@ -227,7 +227,7 @@ def bare_window(module, args: argparse.Namespace, device: torch.device) -> tuple
     replays one (``train.cuda_graphs``)."""
     from mimmo.data.loader import BatchLoader
     from mimmo.training import cuda_graphs_available, make_graph_backend
-    from mimmo.training_step import TrainingStep, prepare_optimizer
+    from mimmo.training.step import TrainingStep, prepare_optimizer
 
     method = module.method
     module.to(device)

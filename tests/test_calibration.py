@@ -15,7 +15,7 @@ from mimmo.evaluation.calibration import CALIBRATION_FILE, fit_temperature, scal
 from mimmo.evaluation.evaluate import RAW, Readout, predict_readouts
 from mimmo.methods import MIMMO, mixture_log_probs
 from mimmo.models import ResNetConfig, ResNetFactory
-from mimmo.run_folder import read_json, write_json_atomic
+from mimmo.runs.folder import read_json, write_json_atomic
 from mimmo.training import build_method_from_config, load_splits, save_weights
 
 TINY = ResNetFactory(ResNetConfig(layers=(1, 1, 1, 1), planes=(4, 4, 4, 4), stem_channels=4))

@@ -17,9 +17,9 @@ import hydra
 import pytest
 import yaml
 
-from mimmo import grid as grids
+from mimmo.cli import grid as grids
 from mimmo.config import CONFIG_DIR, compose
-from mimmo.run_folder import LAST_CHECKPOINT, METRICS_FILE
+from mimmo.runs.folder import LAST_CHECKPOINT, METRICS_FILE
 
 TINY = ["model.planes=[4,4,4,4]", "model.layers=[1,1,1,1]", "model.stem_channels=4", "data.train_size=128",
         "train.batch_size=32", "train.progress_bar=false", "evaluation.shifted=false", "evaluation.calibrate=false",

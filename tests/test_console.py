@@ -15,11 +15,11 @@ from omegaconf import OmegaConf
 from test_report import runs_dir  # noqa: F401  (a fixture: fabricated run folders)
 
 import mimmo
-from mimmo import console, demo
-from mimmo.cli import main
+from mimmo.cli import demo, main
 from mimmo.report import figures
 from mimmo.report.runs import group_runs, load_runs
-from mimmo.style import METHOD_ORDER, METHOD_STYLES, method_colour, method_marker
+from mimmo.report.style import METHOD_ORDER, METHOD_STYLES, method_colour, method_marker
+from mimmo.runs import console
 
 TINY = ["model.planes=[4,4,4,4]", "model.layers=[1,1,1,1]", "model.stem_channels=4", "data.train_size=64",
         "train.epochs=1", "train.batch_size=32", "train.warm_start_epochs=0", "evaluation.shifted=false",

@@ -19,13 +19,13 @@ import torch
 from PIL import Image
 
 from mimmo.cli import main
+from mimmo.cli.grid import run_grid
 from mimmo.config import compose
 from mimmo.data import DATASETS, check_data, dataset_shape, load_data, load_folder
 from mimmo.data import download as download_module
 from mimmo.data.datasets import ImageSet, split_train
 from mimmo.data.download import Archive, file_md5
 from mimmo.data.folder import read_images
-from mimmo.grid import run_grid
 from mimmo.report import report
 from mimmo.training import load_run
 

@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mimmo import grid as grids
+from mimmo.cli import grid as grids
 from mimmo.cli import main as cli_main
 from mimmo.config import compose
 from mimmo.training import MethodModule, load_splits, train, trainer_strategy

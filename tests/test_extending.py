@@ -176,7 +176,7 @@ def test_config_cli_and_grid_import_without_torch_and_without_a_cycle():
     import subprocess
     import sys
 
-    code = ("import sys, mimmo.config, mimmo.grid, mimmo.cli; "
+    code = ("import sys, mimmo.config, mimmo.cli.grid, mimmo.cli; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
     from pathlib import Path

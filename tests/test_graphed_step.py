@@ -22,7 +22,7 @@ from mimmo.methods.base import Progress
 from mimmo.methods.registry import METHODS, build_method
 from mimmo.models.resnet import ResNetConfig, ResNetFactory
 from mimmo.training import MethodModule, train
-from mimmo.training_step import TrainingStep, prepare_optimizer
+from mimmo.training.step import TrainingStep, prepare_optimizer
 
 METHOD_OVERRIDES = {
     "base": [], "ensemble": ["method.num_members=2"], "mc_dropout": ["method.num_samples=2"], "dun": [],

@@ -14,18 +14,18 @@ from safetensors.torch import load_file
 from test_graphed_step import assert_close_weights, recording, train_eagerly_with_a_tensor_learning_rate  # noqa: F401
 from test_training import assert_same_weights, results, tiny
 
-from mimmo import grid as grids
 from mimmo import training
+from mimmo.cli import grid as grids
 from mimmo.cli import main as cli_main
+from mimmo.cli.demo import run_demo
 from mimmo.config import check_known_keys, compose
 from mimmo.data.augment import crop_flip, member_views
-from mimmo.demo import run_demo
 from mimmo.methods.base import Base
 from mimmo.methods.mimo import MIMO
 from mimmo.models.resnet import ResNetConfig, ResNetFactory
-from mimmo.recipe import build_optimizer, build_schedule
-from mimmo.run_folder import NON_SEMANTIC_KEYS
+from mimmo.runs.folder import NON_SEMANTIC_KEYS
 from mimmo.training import MethodModule, prepare_run, train, validate_training
+from mimmo.training.recipe import build_optimizer, build_schedule
 
 PADDING = 4
 FACTORY = ResNetFactory(ResNetConfig(layers=(1, 1), planes=(4, 4), strides=(1, 2), stem_channels=4))

@@ -16,7 +16,7 @@ from mimmo.cli import best_device, main
 from mimmo.config import compose
 from mimmo.data import download as download_module
 from mimmo.data.download import Archive
-from mimmo.run_folder import DiskFull
+from mimmo.runs.folder import DiskFull
 from mimmo.training import load_run, train
 
 TINY = ["model.planes=[4,4,4,4]", "model.layers=[1,1,1,1]", "model.stem_channels=4", "data.train_size=128",

@@ -19,12 +19,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mimmo import run_folder, training
+from mimmo import training
 from mimmo.cli import compose, main
+from mimmo.cli.grid import _hydra_config
 from mimmo.data.safe_pickle import safe_load
-from mimmo.grid import _hydra_config
 from mimmo.report.runs import IGNORED_SETTINGS, load_runs
-from mimmo.run_folder import MAX_NAME_BYTES, NON_SEMANTIC_KEYS, RunFolderBusy, lock, run_name
+from mimmo.runs import folder as run_folder
+from mimmo.runs.folder import MAX_NAME_BYTES, NON_SEMANTIC_KEYS, RunFolderBusy, lock, run_name
 from mimmo.training import train
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -60,7 +61,7 @@ def finished_run(tmp_path_factory) -> tuple[Path, dict]:
 
 HOLD_LOCK = """
     import sys, time
-    from mimmo.run_folder import lock
+    from mimmo.runs.folder import lock
     with lock(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(60)
@@ -114,7 +115,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp_path, c
 
 def test_temporary_names_differ_between_processes(tmp_path):
     ours = run_folder.temporary_name(tmp_path / "metrics.json")
-    other = python("import sys; from mimmo.run_folder import temporary_name; print(temporary_name(sys.argv[1]))",
+    other = python("import sys; from mimmo.runs.folder import temporary_name; print(temporary_name(sys.argv[1]))",
                    str(tmp_path / "metrics.json"))
     theirs = other.communicate()[0].strip()
     assert str(os.getpid()) in ours.name and ours.parent == tmp_path and str(ours) != theirs
@@ -159,7 +160,7 @@ def test_a_signal_stops_the_run_non_zero_and_it_resumes_to_the_same_result(tmp_p
 
 
 def test_a_grid_counts_a_stopped_sweep_as_not_finished():
-    from mimmo.grid import run_grid
+    from mimmo.cli.grid import run_grid
 
     def stopped(arguments):
         raise SystemExit(143)
@@ -452,7 +453,7 @@ def test_a_multirun_is_checked_completely_before_any_run(tmp_path, capsys):
 
 
 def test_the_demo_checks_every_run_before_training_any(tmp_path, capsys, monkeypatch):
-    from mimmo import demo
+    from mimmo.cli import demo
 
     monkeypatch.setattr(demo, "train", lambda *a, **k: pytest.fail("trained before every run was checked"))
     with pytest.raises(SystemExit) as exit_info:

@@ -24,7 +24,7 @@ from mimmo.data.loader import BatchLoader
 from mimmo.evaluation.metrics import classification_metrics
 from mimmo.methods.base import LossOutput
 from mimmo.methods.mimmo import MIMMO
-from mimmo.run_folder import read_json
+from mimmo.runs.folder import read_json
 from mimmo.training import MethodModule, load_run, train
 
 TINY = ["model.planes=[4,4,4,4]", "model.layers=[1,1,1,1]", "model.stem_channels=4", "data.train_size=256",

@@ -17,12 +17,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.singleton import Singleton
 from omegaconf import DictConfig, OmegaConf
 
-from mimmo.run_folder import register_resolvers
+from mimmo.runs.folder import register_resolvers
 
 CONFIG_DIR = str(Path(__file__).parent / "configs")
 
 
-register_resolvers()  # run folder names and the non-semantic settings (mimmo.run_folder)
+register_resolvers()  # run folder names and the non-semantic settings (mimmo.runs.folder)
 
 
 def compose(overrides: list[str]) -> DictConfig:

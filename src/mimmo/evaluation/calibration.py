@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from mimmo.data.datasets import ImageSet, Normalizer
 from mimmo.evaluation.evaluate import predict_logits
 from mimmo.methods.base import mixture_log_probs
-from mimmo.run_folder import write_json_atomic
+from mimmo.runs.folder import write_json_atomic
 
 CALIBRATION_FILE = "calibration.json"
 TEMPERATURE_BOUNDS = (0.05, 20.0)

@@ -29,7 +29,7 @@ from mimmo.report.posthoc import posthoc_figures, posthoc_markdown
 from mimmo.report.runs import Run, RunGroup, SkippedRunsWarning, group_runs, load_runs
 from mimmo.report.stats import provenance_markdown
 from mimmo.report.tables import build_tables, write_tables
-from mimmo.run_folder import write_text_atomic
+from mimmo.runs.folder import write_text_atomic
 
 REPORT_FILE = "report.md"
 POSTHOC_FILE = "posthoc.md"

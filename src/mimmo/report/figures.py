@@ -3,7 +3,7 @@
 Each ``*_figure`` function takes run groups (see :func:`mimmo.report.runs.group_runs`), writes one PNG and
 returns its path, or returns None when the groups hold nothing to plot. :func:`make_figures` makes every
 figure the given runs support. A method has the same colour and marker in every figure
-(:mod:`mimmo.style`); several groups of one method in a figure (other M, other settings) differ in line
+(:mod:`mimmo.report.style`); several groups of one method in a figure (other M, other settings) differ in line
 style and are named in the legend or next to their point.
 """
 
@@ -25,6 +25,7 @@ from matplotlib.transforms import offset_copy
 
 from mimmo.data.shifts import SHIFTS, set_name
 from mimmo.report.runs import Run, RunGroup, group_runs, mean_std
+from mimmo.report.style import display_name, method_colour, method_marker, method_rank
 from mimmo.report.tables import (
     MEMBER_INDEPENDENT,
     SETTING_NAMES,
@@ -32,7 +33,6 @@ from mimmo.report.tables import (
     context_slug,
     format_setting,
 )
-from mimmo.style import display_name, method_colour, method_marker, method_rank
 
 METRICS = (("accuracy", "Accuracy"), ("nll", "NLL [nats]"), ("ece", "ECE"), ("brier", "Brier"))
 MEMBER_COLOURS = {1: "tab:grey", 2: "tab:red", 4: "tab:green", 8: "tab:blue"}  # as the paper's Fig. 5/6

@@ -15,8 +15,8 @@ from matplotlib.figure import Figure
 
 from mimmo.report.figures import _label, _save, _slug, sort_groups
 from mimmo.report.runs import RunGroup, mean_std
+from mimmo.report.style import method_colour, method_marker
 from mimmo.report.tables import build_tables, row_label
-from mimmo.style import method_colour, method_marker
 
 ANYTIME_POINTS = ("base", "mimo", "ensemble")  # shown as single points beside the anytime curves
 WITHIN_POINTS = 0.5  # accuracy tolerance, in percentage points, of the cheapest anytime threshold
@@ -156,7 +156,7 @@ def anytime_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | None:
     figure = Figure(figsize=(10, 4), layout="constrained")
     axes = figure.subplots(1, 2)
     for ax, (key, title) in zip(axes, (("accuracy", "Accuracy"), ("nll", "NLL [nats]")), strict=True):
-        for group, curve in curves:  # each method in its colour and marker of every figure (mimmo.style)
+        for group, curve in curves:  # each method in its colour and marker of every figure (mimmo.report.style)
             ax.plot([row["flops"] / 1e6 for row in curve], [row[key] for row in curve],
                     marker=method_marker(group.method), markersize=3, linewidth=1, color=method_colour(group.method),
                     label=f"{_label(group)} (anytime)")

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from mimmo.recipe import DEFAULTS as RECIPE_DEFAULTS
-from mimmo.run_folder import CONFIG_FILE, FORMAT_VERSION, METRICS_FILE, NON_SEMANTIC_KEYS
+from mimmo.runs.folder import CONFIG_FILE, FORMAT_VERSION, METRICS_FILE, NON_SEMANTIC_KEYS
+from mimmo.training.recipe import DEFAULTS as RECIPE_DEFAULTS
 
 # Flattened config keys that may differ between the seeds of one group: the seed itself, the settings that do
 # not change a result (run_folder.NON_SEMANTIC_KEYS), and the evaluation batch size. Keys under "hydra." are

@@ -27,8 +27,8 @@ from typing import Any
 
 from mimmo.report.runs import Run, RunGroup, settings_order
 from mimmo.report.stats import interval
-from mimmo.run_folder import write_text_atomic
-from mimmo.style import DISPLAY_NAMES, method_rank
+from mimmo.report.style import DISPLAY_NAMES, method_rank
+from mimmo.runs.folder import write_text_atomic
 
 # Methods whose M is not the ensemble size the tables are indexed by: shown in every M's table.
 MEMBER_INDEPENDENT = frozenset({"base", "mc_dropout", "dun", "early_exit"})

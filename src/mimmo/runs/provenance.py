@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-SOURCE = Path(__file__).resolve().parent
+SOURCE = Path(__file__).resolve().parents[1]
 
 
 def source_commit(path: Path = SOURCE) -> dict[str, Any]:

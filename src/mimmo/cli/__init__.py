@@ -23,9 +23,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from mimmo.cli.errors import run_reporting_errors
 from mimmo.config import CONFIG_DIR, check_overrides_parse, compose
-from mimmo.errors import run_reporting_errors
-from mimmo.run_folder import register_resolvers
+from mimmo.runs.folder import register_resolvers
 
 register_resolvers()
 
@@ -35,7 +35,7 @@ register_resolvers()
 def check_training_runs(overrides: list[str]) -> Path | None:
     """Compose and check every run that ``mimmo train <overrides>`` would start (settings, data, method) before
     Hydra creates any folder; return the single run's folder (None for ``--multirun``)."""
-    from mimmo.grid import Grid, _hydra_config, plan, validate
+    from mimmo.cli.grid import Grid, _hydra_config, plan, validate
     from mimmo.training import check_data_fits, finished_metrics, load_splits, prepare_run
 
     multirun = any(o in ("--multirun", "-m") for o in overrides)
@@ -69,7 +69,7 @@ _invoked_as = sys.argv[0]  # the script that started this process (mimmo's conso
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def _train_main(cfg: DictConfig) -> float | None:
-    from mimmo.console import configure_console
+    from mimmo.runs.console import configure_console
     from mimmo.training import train
 
     configure_console()  # after Hydra configured this job's logging (in every process of a sweep)
@@ -88,8 +88,8 @@ def check_data_before_start(overrides: list[str]) -> None:
     once."""
     from omegaconf import OmegaConf
 
+    from mimmo.cli.grid import expand
     from mimmo.data.registry import check_data
-    from mimmo.grid import expand
 
     flags = {o for o in overrides if o.startswith("-")}
     if flags - {"--multirun", "-m"}:
@@ -111,11 +111,11 @@ def check_data_before_start(overrides: list[str]) -> None:
 def train_command(overrides: list[str]) -> None:
     """``mimmo train <overrides>``: every run checked first, then Hydra's entry point (its launchers, DDP)."""
     if "--help" in overrides or "-h" in overrides:
-        from mimmo.cli_help import train_help
+        from mimmo.cli.help import train_help
 
         print(train_help())
         return
-    from mimmo.run_folder import is_rank_zero_launcher, lock
+    from mimmo.runs.folder import is_rank_zero_launcher, lock
 
     hydra_flags = [o for o in overrides if o.startswith("-") and o not in ("--multirun", "-m")]
     with ExitStack() as held:
@@ -169,7 +169,7 @@ def run_cost_command(arguments: list[str]) -> None:
     parser.add_argument("--prune-exits", type=float, default=None, metavar="EPS",
                         help="also the network with every exit whose weight is < EPS dropped")
     args = parser.parse_args(arguments)
-    from mimmo.posthoc import run_cost
+    from mimmo.runs.posthoc import run_cost
 
     cost = run_cost(args.run, args.prune_exits)
     print(f"{args.run}: {cost['method']} (M={cost['num_members']}, D={cost['num_exits']}) on {cost['input_shape']}: "
@@ -190,7 +190,7 @@ def cost_command(overrides: list[str]) -> None:
     from mimmo.training import build_method_from_config, input_spec, model_input_shape
 
     if "--help" in overrides or "-h" in overrides:
-        from mimmo.cli_help import COST_HELP
+        from mimmo.cli.help import COST_HELP
 
         print(COST_HELP)
         return
@@ -219,7 +219,7 @@ def _thresholds(text: str) -> list[float]:
 
 def posthoc_evaluate(args: argparse.Namespace) -> None:
     """``mimmo evaluate RUN_DIR --anytime / --prune-exits EPS``: add those sections, leave the rest."""
-    from mimmo.posthoc import add_anytime, add_pruned
+    from mimmo.runs.posthoc import add_anytime, add_pruned
 
     if args.prune_exits is not None:
         pruned = add_pruned(args.run_dir, args.prune_exits, device=args.device)
@@ -260,7 +260,7 @@ def best_device(name: str = "auto") -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from mimmo import __version__
-    from mimmo.cli_help import DEMO_EPILOG, DESCRIPTION, EPILOG, EVALUATE_EPILOG, REPORT_EPILOG
+    from mimmo.cli.help import DEMO_EPILOG, DESCRIPTION, EPILOG, EVALUATE_EPILOG, REPORT_EPILOG
 
     def command(name: str, help: str, epilog: str | None = None, **options: bool) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help, description=help, epilog=epilog,
@@ -305,14 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from mimmo.console import pop_verbose
+    from mimmo.runs.console import pop_verbose
 
     argv = pop_verbose(list(sys.argv[1:] if argv is None else argv))
     if "--debug" in argv:
         argv = [a for a in argv if a != "--debug"]
         os.environ["MIMMO_DEBUG"] = "1"  # also for the processes a DDP launcher starts
     if argv and argv[0] == "grid":
-        from mimmo.grid import main as grid_main
+        from mimmo.cli.grid import main as grid_main
 
         grid_main(argv[1:], train=train_command)
         return
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "evaluate" and (args.anytime or args.prune_exits is not None):
         posthoc_evaluate(args)
     elif args.command == "evaluate":
-        from mimmo.console import configure_console, run_summary
+        from mimmo.runs.console import configure_console, run_summary
         from mimmo.training import evaluate_run
 
         configure_console()
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
 
         print(run_reporting_errors("report", make))
     elif args.command == "calibrate":
-        from mimmo.posthoc import calibrate_run
+        from mimmo.runs.posthoc import calibrate_run
 
         for run_dir in args.run_dirs:
             section = run_reporting_errors(
@@ -365,8 +365,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{fit['nll_after']:.4f}; calibrated test accuracy {test['accuracy']:.4f}, NLL {test['nll']:.4f}, "
                   f"ECE {test['ece']:.4f} (calibration.json written, metrics.json updated)")
     elif args.command == "demo":
-        from mimmo.console import configure_console
-        from mimmo.demo import run_demo
+        from mimmo.cli.demo import run_demo
+        from mimmo.runs.console import configure_console
 
         configure_console()
         run_reporting_errors("demo", lambda: run_demo(args.output_dir, args.epochs))

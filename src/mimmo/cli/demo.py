@@ -18,10 +18,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from mimmo.config import compose
-from mimmo.console import format_duration
 from mimmo.report.convergence import loss_fall_share
 from mimmo.report.runs import Run
-from mimmo.run_folder import METRICS_FILE
+from mimmo.runs.console import format_duration
+from mimmo.runs.folder import METRICS_FILE
 from mimmo.training import prepare_run, semantic_config, train
 
 DEMO_METHODS = ("base", "mimo", "mimmo")

@@ -11,7 +11,7 @@ from typing import TypeVar
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from mimmo.run_folder import DiskFull, RunFolderBusy
+from mimmo.runs.folder import DiskFull, RunFolderBusy
 
 # Errors that mean "this input is not allowed" (exit status 2), not a bug in mimmo.
 REFUSALS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, RunFolderBusy,
@@ -34,7 +34,7 @@ def one_line(error: BaseException) -> str:
 def run_reporting_errors(command: str, action: Callable[[], T]) -> T:
     """Run ``action``; a refusal becomes one line on stderr and exit status 2, a signal stop 128 + its number,
     a non-finite loss, no network or a full disk status 1 (each with the traceback under ``--debug``)."""
-    from mimmo.interrupt import Interrupted
+    from mimmo.runs.signals import Interrupted
 
     try:
         return action()

@@ -19,7 +19,7 @@ from mimmo.evaluation.calibration import calibrated_section, fit_on_set, write_c
 from mimmo.evaluation.cost import count_cost
 from mimmo.evaluation.evaluate import Readout, evaluate_readouts
 from mimmo.evaluation.pruning import pruned_cost, pruned_weights
-from mimmo.run_folder import METRICS_FILE, read_json, write_json_atomic
+from mimmo.runs.folder import METRICS_FILE, read_json, write_json_atomic
 from mimmo.training import input_spec, load_run, load_splits, model_input_shape
 
 

@@ -31,7 +31,7 @@ import yaml
 from omegaconf import DictConfig
 
 from mimmo.config import CONFIG_DIR, check_known_keys
-from mimmo.run_folder import LAST_CHECKPOINT, METRICS_FILE
+from mimmo.runs.folder import LAST_CHECKPOINT, METRICS_FILE
 
 GRID_DIR = Path(CONFIG_DIR) / "grid"
 USAGE = """usage: mimmo grid NAME [--dry-run] [overrides...]
@@ -480,7 +480,7 @@ def main(argv: Sequence[str], train: Callable[[list[str]], None] | None = None) 
         return
     if not positional or positional[0].startswith("-"):
         raise SystemExit(USAGE + f"\nmimmo grid: give a grid name; one of {sorted(available_grids())}")
-    from mimmo.errors import run_reporting_errors
+    from mimmo.cli.errors import run_reporting_errors
 
     run_reporting_errors("grid", lambda: run_grid(positional[0], positional[1:], dry_run="--dry-run" in flags,
                                                      train=train))

@@ -1,4 +1,4 @@
-"""Training any method with Lightning, and the run folder it leaves behind (see :mod:`mimmo.run_folder`).
+"""Training any method with Lightning, and the run folder it leaves behind (see :mod:`mimmo.runs.folder`).
 
 A run folder holds: ``config.yaml`` (the resolved config), ``checkpoints/last.ckpt`` (every epoch; a run
 that is started again resumes from it), ``log/metrics.csv``, ``weights.safetensors`` (the final
@@ -6,7 +6,7 @@ method and its input normaliser), ``calibration.json`` (the temperature fitted o
 ``evaluation.calibrate``) and ``metrics.json`` (written last: its presence marks a finished run).
 
 A run is checked completely (config, data, method) before its folder is created; the folder is locked while
-the run works in it; SIGTERM or SIGINT stop it resumably (:mod:`mimmo.interrupt`).
+the run works in it; SIGTERM or SIGINT stop it resumably (:mod:`mimmo.runs.signals`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mimmo.config import check_known_keys
-from mimmo.console import run_summary
 from mimmo.data.augment import augmentation, member_views
 from mimmo.data.datasets import ImageSet, Normalizer, Splits
 from mimmo.data.loader import BatchLoader
@@ -46,14 +45,12 @@ from mimmo.evaluation.evaluate import RAW, Readout, evaluate_readouts, predict_l
 from mimmo.evaluation.metrics import classification_metrics
 from mimmo.evaluation.probes import feature_reuse
 from mimmo.evaluation.pruning import can_prune, pruned_cost, pruned_weights
-from mimmo.interrupt import Interrupted, SignalStop, StopAtBatchEnd, stop_on_signals
 from mimmo.methods.base import Method, Progress, is_integer, mixture_log_probs
 from mimmo.methods.registry import build_method
 from mimmo.models.backbone import backbone_input_shape
 from mimmo.models.registry import build_backbone_factory
-from mimmo.provenance import provenance
-from mimmo.recipe import build_optimizer, build_schedule, graphs_capturable, setting, validate_recipe
-from mimmo.run_folder import (
+from mimmo.runs.console import run_summary
+from mimmo.runs.folder import (
     CONFIG_FILE,
     FORMAT_VERSION,
     LAST_CHECKPOINT,
@@ -72,7 +69,10 @@ from mimmo.run_folder import (
     write_json_atomic,
     write_text_atomic,
 )
-from mimmo.training_step import CudaGraphs, GraphBackend, TrainingStep, prepare_optimizer
+from mimmo.runs.provenance import provenance
+from mimmo.runs.signals import Interrupted, SignalStop, StopAtBatchEnd, stop_on_signals
+from mimmo.training.recipe import build_optimizer, build_schedule, graphs_capturable, setting, validate_recipe
+from mimmo.training.step import CudaGraphs, GraphBackend, TrainingStep, prepare_optimizer
 
 log = logging.getLogger("mimmo")
 
@@ -201,10 +201,10 @@ def prepare_run(cfg: DictConfig) -> tuple[Splits, Method]:
 
 
 class MethodModule(L.LightningModule):
-    """Runs any method with the configured recipe (:mod:`mimmo.recipe`; the paper's: Adam, per-epoch cosine
+    """Runs any method with the configured recipe (:mod:`mimmo.training.recipe`; the paper's: Adam, per-epoch cosine
     schedule to 0, no augmentation), warm start through ``Progress``.
 
-    Optimisation is manual: each training step is one :class:`~mimmo.training_step.TrainingStep` (zero
+    Optimisation is manual: each training step is one :class:`~mimmo.training.step.TrainingStep` (zero
     gradients, loss, backward, update), eager or replayed as a CUDA graph (``train.cuda_graphs``), and the
     losses are summed on the device and logged once per epoch (no host sync per step)."""
 
@@ -225,7 +225,7 @@ class MethodModule(L.LightningModule):
     def uses_cuda_graphs(self) -> bool:
         """``train.cuda_graphs``: auto (the default) replays training steps as CUDA graphs on a GPU when one
         process trains with Adam (data-parallel runs stay eager: their gradient all-reduce is not captured; so do
-        SGD runs: :func:`~mimmo.recipe.graphs_capturable`)."""
+        SGD runs: :func:`~mimmo.training.recipe.graphs_capturable`)."""
         graphs = self.train_cfg.get("cuda_graphs", "auto")
         available = cuda_graphs_available(self.device, self.trainer.world_size)
         if graphs is True and not available:
@@ -526,8 +526,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` (resuming from its last checkpoint) and return its metrics.
 
     The config, the data and the method are checked before the folder is created (ValueError naming the bad
-    value); the folder is locked while the run works in it (:class:`~mimmo.run_folder.RunFolderBusy`); SIGTERM
-    and SIGINT raise :class:`~mimmo.interrupt.Interrupted` (training stops at the end of its current batch).
+    value); the folder is locked while the run works in it (:class:`~mimmo.runs.folder.RunFolderBusy`); SIGTERM
+    and SIGINT raise :class:`~mimmo.runs.signals.Interrupted` (training stops at the end of its current batch).
     """
     run_dir = Path(run_dir)
     finished = finished_metrics(cfg, run_dir)
