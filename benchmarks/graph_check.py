@@ -30,9 +30,9 @@ def run(method: str, root: Path, run_dir: Path, overrides: list[str], tensor_lr:
     from mimmo.config import compose
     from mimmo.training.step import prepare_optimizer
 
-    original = training.prepare_optimizer
+    original = training.module.prepare_optimizer
     if tensor_lr:
-        training.prepare_optimizer = lambda optimizer, graphs, device: prepare_optimizer(optimizer, True, device)
+        training.module.prepare_optimizer = lambda optimizer, graphs, device: prepare_optimizer(optimizer, True, device)
     try:
         start = time.perf_counter()
         cfg = compose(["experiment=paper", "data=cifar100", f"data.root={root}", f"method={method}",
@@ -40,7 +40,7 @@ def run(method: str, root: Path, run_dir: Path, overrides: list[str], tensor_lr:
         metrics = training.train(cfg, run_dir)
         return {"seconds": time.perf_counter() - start, "test": {k: metrics["test"][k] for k in ("accuracy", "nll")}}
     finally:
-        training.prepare_optimizer = original
+        training.module.prepare_optimizer = original
 
 
 def main() -> None:

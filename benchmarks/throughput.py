@@ -226,7 +226,7 @@ def bare_window(module, args: argparse.Namespace, device: torch.device) -> tuple
     ``TrainingStep`` (normalise -> loss -> backward -> Adam), replayed as a CUDA graph where the Lightning path
     replays one (``train.cuda_graphs``)."""
     from mimmo.data.loader import BatchLoader
-    from mimmo.training import cuda_graphs_available, make_graph_backend
+    from mimmo.training.module import cuda_graphs_available, make_graph_backend
     from mimmo.training.step import TrainingStep, prepare_optimizer
 
     method = module.method

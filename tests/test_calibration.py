@@ -11,12 +11,13 @@ from omegaconf import OmegaConf
 
 from mimmo.cli import compose, main
 from mimmo.data.datasets import Normalizer
-from mimmo.evaluation.calibration import CALIBRATION_FILE, fit_temperature, scaled_log_probs
+from mimmo.evaluation.calibration import fit_temperature, scaled_log_probs
 from mimmo.evaluation.evaluate import RAW, Readout, predict_readouts
 from mimmo.methods import MIMMO, mixture_log_probs
 from mimmo.models import ResNetConfig, ResNetFactory
-from mimmo.runs.folder import read_json, write_json_atomic
-from mimmo.training import build_method_from_config, load_splits, save_weights
+from mimmo.runs.checkpoints import save_weights
+from mimmo.runs.folder import CALIBRATION_FILE, read_json, write_json_atomic
+from mimmo.training import build_method_from_config, load_splits
 
 TINY = ResNetFactory(ResNetConfig(layers=(1, 1, 1, 1), planes=(4, 4, 4, 4), stem_channels=4))
 

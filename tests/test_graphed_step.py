@@ -59,8 +59,8 @@ def recording(monkeypatch) -> list[RecordingGraphs]:
         made.append(RecordingGraphs())
         return made[-1]
 
-    monkeypatch.setattr(training, "cuda_graphs_available", lambda device, world_size: True)
-    monkeypatch.setattr(training, "make_graph_backend", backend)
+    monkeypatch.setattr(training.module, "cuda_graphs_available", lambda device, world_size: True)
+    monkeypatch.setattr(training.module, "make_graph_backend", backend)
     return made
 
 

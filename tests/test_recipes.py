@@ -170,7 +170,8 @@ def test_augmentation_is_for_training_batches_only(tmp_path, monkeypatch):
         seen.append(tuple(images.shape))
         return crop_flip(images, padding, generator)
 
-    monkeypatch.setattr(training, "augmentation", lambda name: recording_crop_flip if name == "crop_flip" else None)
+    monkeypatch.setattr(training.module, "augmentation",
+                        lambda name: recording_crop_flip if name == "crop_flip" else None)
     train(tiny("method=mimo", "train.augment=crop_flip"), tmp_path)
     assert seen == [(32, 2, 1, 28, 28)] * 16  # 2 epochs of 8 batches of 32 images, 2 members
 

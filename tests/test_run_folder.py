@@ -14,16 +14,18 @@ import textwrap
 import time
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mimmo import training
+from mimmo import config, training
 from mimmo.cli import compose, main
 from mimmo.cli.grid import _hydra_config
 from mimmo.data.safe_pickle import safe_load
 from mimmo.report.runs import IGNORED_SETTINGS, load_runs
+from mimmo.runs import evaluate as runs_evaluate
 from mimmo.runs import folder as run_folder
 from mimmo.runs.folder import MAX_NAME_BYTES, NON_SEMANTIC_KEYS, RunFolderBusy, lock, run_name
 from mimmo.training import train
@@ -260,7 +262,7 @@ def test_a_crafted_checkpoint_is_refused_even_when_torch_is_told_to_trust_files(
     loader = python("""
         import sys
         from pathlib import Path
-        from mimmo.training import load_checkpoint
+        from mimmo.runs.checkpoints import load_checkpoint
         try:
             load_checkpoint(Path(sys.argv[1]))
         except ValueError as error:
@@ -273,8 +275,8 @@ def test_a_crafted_checkpoint_is_refused_even_when_torch_is_told_to_trust_files(
 
 def test_resuming_asks_lightning_for_weights_only(monkeypatch, tmp_path, finished_run):
     calls = []
-    original = training.L.Trainer.fit
-    monkeypatch.setattr(training.L.Trainer, "fit", lambda self, *a, **k: calls.append(k) or original(self, *a, **k))
+    original = L.Trainer.fit
+    monkeypatch.setattr(L.Trainer, "fit", lambda self, *a, **k: calls.append(k) or original(self, *a, **k))
     train(tiny("seed=3", "train.epochs=2"), tmp_path / "run")
     assert calls and all(call.get("weights_only") is True for call in calls)
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -377,7 +379,7 @@ def test_the_non_semantic_settings_are_one_list_read_by_hydra_training_and_repor
         cfg = hydra.compose(config_name="config", return_hydra_config=True)
     assert list(cfg.hydra.job.config.override_dirname.exclude_keys) == list(NON_SEMANTIC_KEYS)
     assert set(NON_SEMANTIC_KEYS) <= IGNORED_SETTINGS
-    assert training.NON_SEMANTIC_KEYS is NON_SEMANTIC_KEYS
+    assert config.NON_SEMANTIC_KEYS is NON_SEMANTIC_KEYS
     settings = ["train.channels_last=false", "train.compile=true", "train.threads=2", "train.progress_bar=true"]
     assert run_folder_of(["seed=1", *settings], tmp_path) == run_folder_of(["seed=1"], tmp_path)
     assert training.semantic_config(compose(settings)) == training.semantic_config(compose([]))
@@ -474,7 +476,7 @@ def copied_run(finished_run, tmp_path):
 
 def test_evaluate_refuses_an_invalid_metrics_json_before_working(copied_run, capsys, monkeypatch):
     (copied_run / "metrics.json").write_text('{"test": ')
-    monkeypatch.setattr(training, "evaluate_model", lambda *a: pytest.fail("evaluated first"))
+    monkeypatch.setattr(runs_evaluate, "evaluate_model", lambda *a: pytest.fail("evaluated first"))
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", str(copied_run)])
     assert exit_info.value.code == 2
@@ -490,7 +492,7 @@ def test_evaluate_refuses_a_folder_it_cannot_write_before_working(copied_run, ca
         return original(path, flags, *args)
 
     monkeypatch.setattr(os, "open", read_only)
-    monkeypatch.setattr(training, "evaluate_model", lambda *a: pytest.fail("evaluated first"))
+    monkeypatch.setattr(runs_evaluate, "evaluate_model", lambda *a: pytest.fail("evaluated first"))
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", str(copied_run)])
     assert exit_info.value.code == 2
@@ -510,9 +512,10 @@ def test_report_skips_a_run_without_test_results_and_fails_when_nothing_is_left(
 
 def test_the_contract_names_are_defined_once():
     source = Path(SRC) / "mimmo"
+    homes = {"NON_SEMANTIC_KEYS =": ["config.py"], "os.replace(": ["runs/checkpoints.py", "runs/folder.py"]}
     for name in ("FORMAT_VERSION =", "NON_SEMANTIC_KEYS =", '"metrics.json"', 'last.ckpt"', "os.replace("):
         files = [str(p.relative_to(source)) for p in source.rglob("*.py") if name in p.read_text()]
-        expected = ["run_folder.py", "training.py"] if name == "os.replace(" else ["run_folder.py"]
+        expected = homes.get(name, ["runs/folder.py"])
         assert sorted(files) == expected, (name, files)
     assert OmegaConf.has_resolver("mimmo_non_semantic_keys")
     assert signal.SIGTERM + 128 == 143

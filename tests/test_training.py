@@ -10,6 +10,7 @@ import math
 import pickle
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -152,8 +153,8 @@ def test_a_finished_run_is_skipped(finished_run, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run must not load data or train again")
 
-    monkeypatch.setattr(training, "load_splits", no_training)
-    monkeypatch.setattr(training.L, "Trainer", no_training)
+    monkeypatch.setattr(training.build, "load_splits", no_training)
+    monkeypatch.setattr(L, "Trainer", no_training)
     assert train(tiny(), run_dir) == metrics
     assert train(tiny("train.progress_bar=true"), run_dir) == metrics  # not part of what a run computes
     assert (run_dir / "weights.safetensors").stat().st_mtime_ns == before

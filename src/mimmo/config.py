@@ -8,6 +8,7 @@ read by nothing).
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,54 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.singleton import Singleton
 from omegaconf import DictConfig, OmegaConf
 
-from mimmo.runs.folder import register_resolvers
-
 CONFIG_DIR = str(Path(__file__).parent / "configs")
 
 
-register_resolvers()  # run folder names and the non-semantic settings (mimmo.runs.folder)
+# Settings that change where or how fast a run goes, not what it computes: left out of run folder names (Hydra's
+# hydra.job.config.override_dirname.exclude_keys reads this list through the ``mimmo_non_semantic_keys``
+# resolver), ignored when a run is resumed and when a report groups seeds. (The memory layout and torch.compile
+# keep the math; floating-point sums may round differently in the last digits.)
+NON_SEMANTIC_KEYS = ("output_dir", "data.root", "data.download", "train.progress_bar", "train.log_every_n_steps",
+                     "train.accelerator", "train.devices", "train.num_nodes", "train.strategy", "train.threads",
+                     "train.channels_last", "train.compile", "train.cuda_graphs")
+
+# Run folder names: the overrides (Hydra's override_dirname) while they fit in this many bytes; a longer one
+# keeps its first bytes and ends in a hash of the whole name (file names may not exceed 255 bytes).
+MAX_NAME_BYTES = 120
+HASH_CHARS = 16
+
+
+def run_name(override_dirname: str, output_dir: str | None = None) -> str:
+    """The run folder name for Hydra's ``override_dirname`` (sorted ``key=value`` overrides joined by ``,``).
+
+    Up to :data:`MAX_NAME_BYTES` bytes the name is the overrides themselves ('default' for none). A longer name
+    is cut at an override boundary where one falls inside the limit and ends in ``#`` and a stable hash of the
+    whole override string, so that different overrides never share a folder. A folder named after the full
+    overrides that already exists under ``output_dir`` (made by an earlier version) keeps being used.
+    """
+    name = override_dirname.replace("/", "_") or "default"
+    encoded = name.encode()
+    if len(encoded) <= MAX_NAME_BYTES:
+        return name
+    if output_dir is not None and len(encoded) <= 255 and (Path(output_dir) / name).is_dir():
+        return name
+    digest = hashlib.sha256(encoded).hexdigest()[:HASH_CHARS]
+    keep = MAX_NAME_BYTES - HASH_CHARS - 1
+    head = encoded[:keep].decode(errors="ignore")
+    if "," in head:
+        head = head[:head.rindex(",") + 1]
+    return f"{head}#{digest}"
+
+
+def register_resolvers() -> None:
+    """The resolvers the root config uses: ``run_name`` (folder names) and ``mimmo_non_semantic_keys``."""
+    if not OmegaConf.has_resolver("run_name"):
+        OmegaConf.register_new_resolver("run_name", run_name)
+    if not OmegaConf.has_resolver("mimmo_non_semantic_keys"):
+        OmegaConf.register_new_resolver("mimmo_non_semantic_keys", lambda: list(NON_SEMANTIC_KEYS))
+
+
+register_resolvers()  # run folder names and the non-semantic settings
 
 
 def compose(overrides: list[str]) -> DictConfig:

@@ -36,7 +36,8 @@ def check_training_runs(overrides: list[str]) -> Path | None:
     """Compose and check every run that ``mimmo train <overrides>`` would start (settings, data, method) before
     Hydra creates any folder; return the single run's folder (None for ``--multirun``)."""
     from mimmo.cli.grid import Grid, _hydra_config, plan, validate
-    from mimmo.training import check_data_fits, finished_metrics, load_splits, prepare_run
+    from mimmo.runs.train import finished_metrics
+    from mimmo.training.build import check_data_fits, load_splits, prepare_run
 
     multirun = any(o in ("--multirun", "-m") for o in overrides)
     overrides = [o for o in overrides if o not in ("--multirun", "-m")]
@@ -70,7 +71,7 @@ _invoked_as = sys.argv[0]  # the script that started this process (mimmo's conso
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def _train_main(cfg: DictConfig) -> float | None:
     from mimmo.runs.console import configure_console
-    from mimmo.training import train
+    from mimmo.runs.train import train
 
     configure_console()  # after Hydra configured this job's logging (in every process of a sweep)
 
@@ -140,7 +141,7 @@ def cost_table_command(overrides: list[str]) -> None:
     from mimmo.evaluation.cost_table import cost_table, format_cost_table
     from mimmo.models.backbone import backbone_input_shape
     from mimmo.models.registry import build_backbone_factory
-    from mimmo.training import input_spec
+    from mimmo.training.build import input_spec
 
     members = [2, 4, 8]
     if "--members" in overrides:
@@ -187,7 +188,7 @@ def run_cost_command(arguments: list[str]) -> None:
 
 def cost_command(overrides: list[str]) -> None:
     from mimmo.evaluation.cost import count_cost
-    from mimmo.training import build_method_from_config, input_spec, model_input_shape
+    from mimmo.training.build import build_method_from_config, input_spec, model_input_shape
 
     if "--help" in overrides or "-h" in overrides:
         from mimmo.cli.help import COST_HELP
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         posthoc_evaluate(args)
     elif args.command == "evaluate":
         from mimmo.runs.console import configure_console, run_summary
-        from mimmo.training import evaluate_run
+        from mimmo.runs.evaluate import evaluate_run
 
         configure_console()
         print(f"evaluating {args.run_dir} on {args.device}", flush=True)

@@ -21,15 +21,16 @@ from mimmo.config import compose
 from mimmo.report.convergence import loss_fall_share
 from mimmo.report.runs import Run
 from mimmo.runs.console import format_duration
-from mimmo.runs.folder import METRICS_FILE
-from mimmo.training import prepare_run, semantic_config, train
+from mimmo.runs.folder import METRICS_FILE, semantic_config
+from mimmo.runs.train import train
+from mimmo.training.build import prepare_run
 
 DEMO_METHODS = ("base", "mimo", "mimmo")
 
 
 def run_folder_name(cfg: DictConfig) -> str:
     """``base_epochs=5_1a2b3c4d``: readable, and unique per configuration (the hash covers every setting that
-    changes what the run computes, :func:`mimmo.training.semantic_config`)."""
+    changes what the run computes, :func:`mimmo.runs.folder.semantic_config`)."""
     digest = hashlib.sha256(json.dumps(semantic_config(cfg), sort_keys=True, default=str).encode()).hexdigest()
     return f"{cfg.method.name}_epochs={cfg.train.epochs}_{digest[:8]}"
 

@@ -232,7 +232,7 @@ def check_folders(sweeps: Sequence[Sequence[PlannedRun]]) -> None:
     """Refuse a grid in which two runs would share a folder: within one sweep (they could run at the same time
     and the second would be skipped as finished) or across sweeps with different configs. Runs with the same
     config in different sweeps may share one (it is trained once)."""
-    from mimmo.training import semantic_config
+    from mimmo.runs.folder import semantic_config
 
     seen: dict[Path, PlannedRun] = {}
     for runs in sweeps:
@@ -259,7 +259,7 @@ def validate(sweeps: Sequence[Sequence[PlannedRun]]) -> int:
 
     from mimmo.methods.registry import build_method
     from mimmo.models.registry import build_backbone_factory
-    from mimmo.training import (
+    from mimmo.training.build import (
         build_method_from_config,
         input_spec,
         method_options,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,9 +25,7 @@ from torch import Tensor, nn
 from mimmo.data.datasets import ImageSet, Normalizer
 from mimmo.evaluation.evaluate import predict_logits
 from mimmo.methods.base import mixture_log_probs
-from mimmo.runs.folder import write_json_atomic
 
-CALIBRATION_FILE = "calibration.json"
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 GRID_POINTS = 61
 GOLDEN_STEPS = 40
@@ -97,14 +94,6 @@ def fit_temperature(logits: Tensor, weights: Tensor, targets: Tensor,
                           accuracy_before=accuracy(1.0), accuracy_after=accuracy(temperature),
                           num_samples=len(targets))
 
-
-def write_calibration(run_dir: str | Path, section: dict[str, Any]) -> Path:
-    """Save a ``calibrated`` section's temperature and its validation fit as the run folder's
-    ``calibration.json`` (atomically)."""
-    path = Path(run_dir) / CALIBRATION_FILE
-    write_json_atomic(path, {"method": "temperature scaling", "fitted_on": "validation",
-                             "temperature": section["temperature"], "validation": section["validation"]})
-    return path
 
 
 def fit_on_set(method: nn.Module, normalizer: Normalizer, data: ImageSet, batch_size: int = 500,

@@ -5,15 +5,14 @@ format version and the list of settings that do not change a result exist once.
 
 A run folder holds ``config.yaml`` (the resolved config), ``checkpoints/last.ckpt`` (every epoch; a run started
 again resumes from it), ``log/metrics.csv``, ``weights.safetensors`` (the final method and its input
-normaliser) and ``metrics.json`` (written last: its presence marks a finished run). ``.lock`` exists while a
-process works in the folder.
+normaliser), ``calibration.json`` (the temperature fitted on the validation split) and ``metrics.json`` (written
+last: its presence marks a finished run). ``.lock`` exists while a process works in the folder.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -26,66 +25,44 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+
+# The run-folder names and the non-semantic settings are the config's (its resolvers use them); re-exported here.
+from mimmo.config import HASH_CHARS, MAX_NAME_BYTES, NON_SEMANTIC_KEYS, register_resolvers, run_name  # noqa: F401
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
+CALIBRATION_FILE = "calibration.json"
 WEIGHTS_FILE = "weights.safetensors"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.ckpt"
 LOG_DIR = "log"
 LOCK_FILE = ".lock"
 
-# Settings that change where or how fast a run goes, not what it computes: left out of run folder names (Hydra's
-# hydra.job.config.override_dirname.exclude_keys reads this list through the ``mimmo_non_semantic_keys``
-# resolver), ignored when a run is resumed and when a report groups seeds. (The memory layout and torch.compile
-# keep the math; floating-point sums may round differently in the last digits.)
-NON_SEMANTIC_KEYS = ("output_dir", "data.root", "data.download", "train.progress_bar", "train.log_every_n_steps",
-                     "train.accelerator", "train.devices", "train.num_nodes", "train.strategy", "train.threads",
-                     "train.channels_last", "train.compile", "train.cuda_graphs")
 
-# Run folder names: the overrides (Hydra's override_dirname) while they fit in this many bytes; a longer one
-# keeps its first bytes and ends in a hash of the whole name (file names may not exceed 255 bytes).
-MAX_NAME_BYTES = 120
-HASH_CHARS = 16
 
 
 # ------------------------------------------------------------------------------------------------- names
 
 
-def run_name(override_dirname: str, output_dir: str | None = None) -> str:
-    """The run folder name for Hydra's ``override_dirname`` (sorted ``key=value`` overrides joined by ``,``).
-
-    Up to :data:`MAX_NAME_BYTES` bytes the name is the overrides themselves ('default' for none). A longer name
-    is cut at an override boundary where one falls inside the limit and ends in ``#`` and a stable hash of the
-    whole override string, so that different overrides never share a folder. A folder named after the full
-    overrides that already exists under ``output_dir`` (made by an earlier version) keeps being used.
-    """
-    name = override_dirname.replace("/", "_") or "default"
-    encoded = name.encode()
-    if len(encoded) <= MAX_NAME_BYTES:
-        return name
-    if output_dir is not None and len(encoded) <= 255 and (Path(output_dir) / name).is_dir():
-        return name
-    digest = hashlib.sha256(encoded).hexdigest()[:HASH_CHARS]
-    keep = MAX_NAME_BYTES - HASH_CHARS - 1
-    head = encoded[:keep].decode(errors="ignore")
-    if "," in head:
-        head = head[:head.rindex(",") + 1]
-    return f"{head}#{digest}"
-
-
-def register_resolvers() -> None:
-    """The resolvers the root config uses: ``run_name`` (folder names) and ``mimmo_non_semantic_keys``."""
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("run_name"):
-        OmegaConf.register_new_resolver("run_name", run_name)
-    if not OmegaConf.has_resolver("mimmo_non_semantic_keys"):
-        OmegaConf.register_new_resolver("mimmo_non_semantic_keys", lambda: list(NON_SEMANTIC_KEYS))
 
 
 # ---------------------------------------------------------------------------------------- atomic writes
+
+
+def semantic_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config without keys that do not change what a run computes."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    for dotted in NON_SEMANTIC_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(leaf, None)
+    return data
+
 
 
 def temporary_name(path: str | Path) -> Path:
@@ -143,6 +120,15 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_calibration(run_dir: str | Path, section: dict[str, Any]) -> Path:
+    """Save a ``calibrated`` section's temperature and its validation fit as the run folder's
+    ``calibration.json`` (atomically)."""
+    path = Path(run_dir) / CALIBRATION_FILE
+    write_json_atomic(path, {"method": "temperature scaling", "fitted_on": "validation",
+                             "temperature": section["temperature"], "validation": section["validation"]})
+    return path
 
 
 def read_json(path: str | Path) -> Any:

@@ -15,12 +15,13 @@ from typing import Any
 import torch
 
 from mimmo.evaluation.anytime import DEFAULT_THRESHOLDS, anytime_sweep
-from mimmo.evaluation.calibration import calibrated_section, fit_on_set, write_calibration
+from mimmo.evaluation.calibration import calibrated_section, fit_on_set
 from mimmo.evaluation.cost import count_cost
 from mimmo.evaluation.evaluate import Readout, evaluate_readouts
 from mimmo.evaluation.pruning import pruned_cost, pruned_weights
-from mimmo.runs.folder import METRICS_FILE, read_json, write_json_atomic
-from mimmo.training import input_spec, load_run, load_splits, model_input_shape
+from mimmo.runs.checkpoints import load_run
+from mimmo.runs.folder import METRICS_FILE, read_json, write_calibration, write_json_atomic
+from mimmo.training.build import input_spec, load_splits, model_input_shape
 
 
 def _finished(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
