@@ -125,6 +125,10 @@ def test_mimmo_evaluate_anytime_and_prune_exits_add_their_sections(run_dir, caps
     table = metrics["anytime"]
     assert [row["threshold"] for row in table["thresholds"]] == [0.0, 0.5, 1.0]
     assert table["thresholds"][-1]["accuracy"] == table["full"]["accuracy"]
+    validation = table["validation"]  # the same sweep on the validation split, to choose a threshold on
+    assert [row["threshold"] for row in validation["thresholds"]] == [0.0, 0.5, 1.0]
+    assert validation["thresholds"][-1]["accuracy"] == validation["full"]["accuracy"]
+    assert validation["num_images"] != table["num_images"]
     pruned = metrics["pruned"]
     assert pruned["exits_used"] == [True, False, True, True]
     assert pruned["cost"]["flops"] < table["full"]["flops"]

@@ -51,8 +51,24 @@ def test_the_posthoc_sections_show_raw_beside_calibrated_pruned_beside_full_and_
     assert "| MIMMO (M=2) | 2 | 0.05 | x·xx; x·xx | 1.0000 ± 0.0000 | 0.9000 ± 0.0000 |" in text
     best = cheapest_within(next(g for g in groups if g.method == "mimmo"))
     assert best["threshold"] == 0.9  # 0.6975 is within 0.5 points of 0.70; 0.60 is not
-    assert ("| MIMMO (M=2) | 2 | 1.000 | 0.700 | 1.000 | 0.300 | 0.9 | 0.600 | 40% | 0.698 | 1.000 | 0.200 | 33% |"
-            in text)
+    assert ("| MIMMO (M=2) | 2 | 1.000 | 0.700 | 1.000 | 0.300 | 0.9 | test | 0.600 | 40% | 0.698 | 1.000 | 0.200 "
+            "| 33% |" in text)
+
+
+def test_the_anytime_threshold_is_chosen_on_the_validation_split_where_the_runs_have_it(tmp_path):
+    """On validation only threshold 1.0 stays within 0.5 points (0.9 loses 2 points there), so 1.0 is chosen and
+    its test-set numbers are shown, although 0.9 would have passed on the test set."""
+    root = runs(tmp_path)
+    for seed in (0, 1):
+        table = anytime_table(seed)
+        validation = anytime_table(seed)
+        validation["thresholds"][1]["accuracy"] = 0.68
+        table["validation"] = {key: validation[key] for key in ("thresholds", "full")}
+        add(root / f"mimmo{seed}", anytime=table)
+    groups = group_runs(load_runs([root]))
+    best = cheapest_within(next(g for g in groups if g.method == "mimmo"))
+    assert best["threshold"] == 1.0 and best["chosen_on"] == "validation" and best["accuracy"] == 0.70
+    assert "| 1 | validation | 1.000 | 0% |" in posthoc_markdown(groups)
 
 
 def test_the_report_adds_the_posthoc_tables_and_the_anytime_figure(tmp_path):

@@ -41,11 +41,16 @@ def _merge(run_dir: Path, section: str, value: Any) -> dict[str, Any]:
 
 def add_anytime(run_dir: str | Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                 device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Sweep the anytime thresholds on the clean test set and write metrics.json's ``anytime`` table."""
+    """Sweep the anytime thresholds on the clean test set and write metrics.json's ``anytime`` table; the same
+    sweep of the validation split goes into its ``validation`` entry, so that a report chooses a threshold on
+    held-out data that the test set never sees."""
     run_dir, _ = _finished(run_dir)
     method, normalizer, cfg = load_run(run_dir, device)
     splits = load_splits(cfg)
-    table = anytime_sweep(method, splits.test, normalizer, thresholds, int(cfg.train.eval_batch_size), device)
+    batch = int(cfg.train.eval_batch_size)
+    table = anytime_sweep(method, splits.test, normalizer, thresholds, batch, device)
+    validation = anytime_sweep(method, splits.validation, normalizer, thresholds, batch, device)
+    table["validation"] = {key: validation[key] for key in ("thresholds", "full", "num_images")}
     _merge(run_dir, "anytime", table)
     return table
 
