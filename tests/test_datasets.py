@@ -7,6 +7,7 @@ import http.server
 import io
 import json
 import pickle
+import shutil
 import struct
 import tarfile
 import threading
@@ -16,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
+from mimmo import grid as grids
 from mimmo.cli import main
 from mimmo.cli.grid import run_grid
 from mimmo.config import compose
@@ -252,6 +255,59 @@ def test_an_mlp_run_flattens_images_and_loads_back(image_folder, tmp_path):
     probs = method(normalizer(images)).probs()
     assert probs.shape == (9, 3)
     torch.testing.assert_close(probs.sum(1), torch.ones(9))
+
+
+def test_another_folder_in_the_same_output_dir_is_refused_saying_what_differs(tmp_path, capsys):
+    """data.root is not part of the run folder's name: the dataset's identity recorded in config.yaml keeps a second
+    dataset from being skipped as finished (or resumed) in the first one's folder."""
+    first = make_image_folder(tmp_path / "a", {"train": 4, "test": 1})
+    second = make_image_folder(tmp_path / "b", {"train": 5, "test": 1})
+    runs = tmp_path / "runs"
+    overrides = ["model=mlp", "model.hidden=[8]", "model.stem_features=8", "method=base", "data=folder", "data.size=8",
+                 "data.validation_fraction=0.5",
+                 "train.epochs=1", "train.batch_size=4", "train.progress_bar=false", "evaluation.shifted=false",
+                 "evaluation.calibrate=false", f"output_dir={runs}"]
+    main(["train", *overrides, f"data.root={first}"])
+    [run_dir] = [p.parent for p in runs.glob("*/metrics.json")]
+    recorded = yaml.safe_load((run_dir / "config.yaml").read_text())["dataset_identity"]
+    assert recorded["classes"] == list(CLASSES) and recorded["images"]["train"] == dict.fromkeys(CLASSES, 4)
+    capsys.readouterr()
+
+    def refused(*argv: str) -> str:
+        with pytest.raises(SystemExit) as exited:
+            main(list(argv))
+        assert exited.value.code == 2
+        return capsys.readouterr().err.strip()
+
+    line = refused("train", *overrides, f"data.root={second}")
+    assert line.startswith(f"mimmo train: {run_dir} was trained on other data than data.root={second} holds now "
+                           "(images/train/cat: 4 then, 5 now; images/train/dog: 4 then, 5 now;")
+    shutil.copytree(first, tmp_path / "c")
+    (tmp_path / "c" / "test" / "fox" / "0.png").write_bytes(b"\x00" * 10 + (first / "test/fox/0.png").read_bytes())
+    config = (run_dir / "config.yaml").read_text().replace(str(first), str(tmp_path / "c"))
+    (run_dir / "config.yaml").write_text(config)
+    line = refused("evaluate", str(run_dir), "--device", "cpu")
+    assert "(the same classes and image counts, but other file names or sizes)" in line
+    # A run folder saved before the identity was recorded still counts as finished.
+    (run_dir / "config.yaml").write_text(config.split("dataset_identity:")[0])
+    main(["train", *overrides, f"data.root={tmp_path / 'c'}"])
+    assert "already finished; skipping" in capsys.readouterr().out
+
+
+def test_a_grid_refuses_to_skip_a_finished_run_whose_folder_dataset_changed(tmp_path):
+    root = make_image_folder(tmp_path / "data", {"train": 2, "test": 1})
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({"sweeps": [["method=base", "data=folder", f"data.root={root}",
+                                                f"output_dir={tmp_path / 'runs'}"]]}))
+    [[run]] = grids.plan(grids.load_grid(str(path)))
+    run.folder.mkdir(parents=True)
+    (run.folder / "metrics.json").write_text("{}")
+    identity = {"classes": ["cat", "dog"], "images": {"train": {"cat": 2, "dog": 2}}, "files_sha256": "0"}
+    (run.folder / "config.yaml").write_text(yaml.safe_dump({"dataset_identity": identity}))
+    message = (r"was trained on other data than data.root=.* holds now \(classes: \['cat', 'dog'\] then, \['cat', "
+               r"'dog', 'fox'\] now; images/test/cat: None then, 1 now; .*and 1 more\)")
+    with pytest.raises(ValueError, match=message):
+        grids.run_grid(str(path), dry_run=True, out=lambda line: None)
 
 
 # ------------------------------------------------------------------------------------------ CIFAR download

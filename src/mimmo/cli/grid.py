@@ -298,22 +298,26 @@ def validate(sweeps: Sequence[Sequence[PlannedRun]]) -> int:
 
 def check_grid_data(sweeps: Sequence[Sequence[PlannedRun]]) -> None:
     """Every run's data is there (or will be downloaded), checked once per distinct data config before anything
-    runs; FileNotFoundError naming the dataset, the path and a run that needs it."""
+    runs; FileNotFoundError naming the dataset, the path and a run that needs it. A finished or cut-off run whose
+    dataset files differ from those it was trained on is refused (ValueError saying what differs)."""
     from omegaconf import OmegaConf
 
-    from mimmo.data.registry import check_data
+    from mimmo.data.registry import check_data, dataset_identity
+    from mimmo.runs.folder import check_same_dataset
 
-    checked: set[str] = set()
+    identities: dict[str, dict[str, Any] | None] = {}
     for runs in sweeps:
         for run in runs:
             key = repr(OmegaConf.to_container(run.config.data, resolve=True))
-            if key in checked:
-                continue
-            try:
-                check_data(run.config.data)
-            except FileNotFoundError as error:
-                raise FileNotFoundError(f"run {' '.join(run.overrides)!r} (sweep {run.sweep + 1}): {error}") from error
-            checked.add(key)
+            if key not in identities:
+                try:
+                    check_data(run.config.data)
+                except FileNotFoundError as error:
+                    raise FileNotFoundError(f"run {' '.join(run.overrides)!r} (sweep {run.sweep + 1}): {error}") \
+                        from error
+                identities[key] = dataset_identity(run.config.data)
+            if run.status != "new":  # a finished or cut-off run on other files is never skipped or resumed
+                check_same_dataset(run.config, run.folder, identities[key])
 
 
 def sweep_command(sweep: Sequence[str], extra: Sequence[str]) -> list[str]:

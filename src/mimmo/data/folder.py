@@ -11,9 +11,10 @@ out (stratified, drawn from the seed).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -62,6 +63,25 @@ def folder_classes(root: str | Path) -> tuple[str, ...]:
                                 f"{'/'.join(IMAGE_SUFFIXES)} image; every sub-folder of train/ is a class: add its "
                                 "images or remove it")
     return classes
+
+
+def folder_identity(root: str | Path) -> dict[str, Any]:
+    """What identifies the images under ``root`` without reading them: the class names, the number of images per
+    split and class, and a SHA-256 of every image's path and size (a run records it; see
+    :func:`mimmo.data.registry.dataset_identity`)."""
+    root = Path(root).expanduser()
+    counts: dict[str, dict[str, int]] = {}
+    lines = []
+    for split in ("train", "val", "test"):
+        if not (root / split).is_dir():
+            continue
+        counts[split] = {}
+        for folder in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+            files = image_files(folder)
+            counts[split][folder.name] = len(files)
+            lines += [f"{split}/{folder.name}/{path.name}\t{path.stat().st_size}" for path in files]
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    return {"classes": list(folder_classes(root)), "images": counts, "files_sha256": digest}
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -16,7 +16,14 @@ from typing import Any
 
 from mimmo.data.datasets import CIFAR_HELP, CIFAR_LAYOUT, Splits, load_cifar, load_embedded, with_label_noise
 from mimmo.data.download import download_cifar
-from mimmo.data.folder import check_channels, check_folder, folder_classes, image_size, load_folder
+from mimmo.data.folder import (
+    check_channels,
+    check_folder,
+    folder_classes,
+    folder_identity,
+    image_size,
+    load_folder,
+)
 
 DataConfig = Mapping[str, Any]  # the ``data`` config: name plus the dataset's options
 DEFAULT_ROOT = "~/.cache/mimmo"
@@ -30,6 +37,9 @@ class DatasetSpec:
     describe: Callable[[DataConfig], tuple[tuple[int, ...], int]]  # (input shape (C, H, W), number of classes)
     check: Callable[[DataConfig], None]  # FileNotFoundError naming the dataset and the missing path
     load: Callable[[DataConfig, int], Splits]  # (config, seed) -> splits
+    # For a dataset whose files data.root chooses: what identifies them (names, counts, sizes; no image read), or
+    # None where they are not there; a run records it and refuses to resume or be skipped on other data.
+    identity: Callable[[DataConfig], dict[str, Any] | None] | None = None
 
 
 def data_root(data: DataConfig) -> Path:
@@ -65,7 +75,13 @@ def _cifar(name: str) -> DatasetSpec:
             download_cifar(name, root)
         return load_cifar(name, root, seed, data.get("validation_fraction", 0.1), data.get("train_size"))
 
-    return DatasetSpec(name, lambda data: ((3, 32, 32), num_classes), check, load)
+    def identity(data: DataConfig) -> dict[str, Any] | None:
+        path = data_root(data) / folder
+        if not path.is_dir():
+            return None  # to be downloaded: the official archive, MD5 checked
+        return {"files": {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}}
+
+    return DatasetSpec(name, lambda data: ((3, 32, 32), num_classes), check, load, identity)
 
 
 def _folder_describe(data: DataConfig) -> tuple[tuple[int, ...], int]:
@@ -82,7 +98,8 @@ DATASETS: dict[str, DatasetSpec] = {
     "embedded": DatasetSpec("embedded", lambda data: ((1, 28, 28), 10), _embedded_check, _embedded_load),
     "cifar10": _cifar("cifar10"),
     "cifar100": _cifar("cifar100"),
-    "folder": DatasetSpec("folder", _folder_describe, lambda data: check_folder(data.get("root")), _folder_load),
+    "folder": DatasetSpec("folder", _folder_describe, lambda data: check_folder(data.get("root")), _folder_load,
+                          lambda data: folder_identity(data.get("root"))),
 }
 
 
@@ -108,6 +125,32 @@ def dataset_shape(data: DataConfig) -> tuple[tuple[int, ...], int]:
 def check_data(data: DataConfig) -> None:
     """Raise FileNotFoundError (naming the dataset and the path) unless the data is there or will be downloaded."""
     dataset_spec(data).check(data)
+
+
+def dataset_identity(data: DataConfig) -> dict[str, Any] | None:
+    """What identifies the files of the configured dataset where ``data.root`` chooses them (``data=folder``: class
+    names, images per split and class, a hash of the files' paths and sizes; CIFAR: its files' sizes); None for a
+    dataset without one (the embedded data) or whose files are not there yet."""
+    spec = dataset_spec(data)
+    return None if spec.identity is None else spec.identity(data)
+
+
+def identity_differences(recorded: Mapping[str, Any], current: Mapping[str, Any], shown: int = 4) -> list[str]:
+    """How the dataset ``current`` differs from the ``recorded`` one, in words (empty when they are the same)."""
+    def flat(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(flat(value, f"{prefix}{key}/") if isinstance(value, Mapping) else {f"{prefix}{key}": value})
+        return out
+
+    then, now = flat(recorded), flat(current)
+    changed = [key for key in sorted(set(then) | set(now)) if then.get(key) != now.get(key)]
+    words = [f"{key}: {then.get(key)} then, {now.get(key)} now" for key in changed if key != "files_sha256"]
+    if len(words) > shown:
+        words = [*words[:shown], f"and {len(words) - shown} more"]
+    if not words and changed:
+        words = ["the same classes and image counts, but other file names or sizes"]
+    return words
 
 
 def load_data(data: DataConfig, seed: int) -> Splits:

@@ -20,7 +20,15 @@ from mimmo.evaluation.probes import feature_reuse
 from mimmo.evaluation.pruning import can_prune, pruned_cost, pruned_weights
 from mimmo.methods.base import Method, mixture_log_probs
 from mimmo.runs.checkpoints import load_run
-from mimmo.runs.folder import FORMAT_VERSION, METRICS_FILE, lock, read_metrics, write_calibration, write_json_atomic
+from mimmo.runs.folder import (
+    FORMAT_VERSION,
+    METRICS_FILE,
+    check_same_dataset,
+    lock,
+    read_metrics,
+    write_calibration,
+    write_json_atomic,
+)
 from mimmo.runs.signals import stop_on_signals
 from mimmo.training.build import load_splits, model_input_shape
 
@@ -94,6 +102,7 @@ def evaluate_run(run_dir: str | Path, device: str | torch.device = "cpu") -> dic
     previous = read_metrics(run_dir) or {}
     with lock(run_dir, "mimmo evaluate"), stop_on_signals():
         method, normalizer, cfg = load_run(run_dir, device)
+        check_same_dataset(cfg, run_dir)
         splits = load_splits(cfg)
         start = time.perf_counter()
         results = evaluate_model(cfg, method, normalizer, splits, device)

@@ -39,6 +39,9 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.ckpt"
 LOG_DIR = "log"
 LOCK_FILE = ".lock"
+# config.yaml's key for what identifies the run's dataset files (mimmo.data.registry.dataset_identity), beside the
+# resolved config; read_config leaves it out, read_dataset_identity reads it.
+DATASET_IDENTITY_KEY = "dataset_identity"
 
 
 
@@ -166,6 +169,51 @@ def _interpolations(node: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
         yield prefix.rstrip("."), node
 
 
+def _read_config_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"{path} is not a readable YAML config ({error})") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a mapping")
+    return data
+
+
+def read_dataset_identity(run_dir: str | Path) -> dict[str, Any] | None:
+    """What identified the run's dataset files when it was trained (None for a run saved without it)."""
+    identity = _read_config_yaml(Path(run_dir) / CONFIG_FILE).get(DATASET_IDENTITY_KEY)
+    return identity if isinstance(identity, dict) else None
+
+
+def config_text(cfg: Any, dataset_identity: dict[str, Any] | None) -> str:
+    """config.yaml's text: the resolved config, and the dataset's identity where it has one."""
+    from omegaconf import OmegaConf
+
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    if dataset_identity is not None:
+        text += yaml.safe_dump({DATASET_IDENTITY_KEY: dataset_identity}, sort_keys=False)
+    return text
+
+
+def check_same_dataset(cfg: DictConfig, run_dir: Path, current: dict[str, Any] | None = None) -> None:
+    """Refuse to resume, skip or evaluate ``run_dir`` when the files of its dataset (``data.root`` of a folder
+    dataset) are not those it was trained on, saying what differs. A run saved without their identity passes;
+    ``current`` is the dataset's identity when the caller has it already."""
+    from mimmo.data.registry import dataset_identity, identity_differences
+
+    if not (Path(run_dir) / CONFIG_FILE).exists():
+        return
+    recorded = read_dataset_identity(run_dir)
+    current = dataset_identity(cfg.data) if current is None else current
+    if recorded is None or current is None:
+        return
+    differences = identity_differences(recorded, current)
+    if differences:
+        raise ValueError(f"{run_dir} was trained on other data than data.root={cfg.data.get('root')} holds now "
+                         f"({'; '.join(differences)}); give this dataset another output_dir, or remove the folder to "
+                         "train it again")
+
+
 def read_config(run_dir: str | Path) -> Any:
     """A run folder's config.yaml as an OmegaConf DictConfig, read as plain YAML (no Python objects).
 
@@ -175,12 +223,8 @@ def read_config(run_dir: str | Path) -> Any:
     from omegaconf import DictConfig, OmegaConf
 
     path = Path(run_dir) / CONFIG_FILE
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"{path} is not a readable YAML config ({error})") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a mapping")
+    data = _read_config_yaml(path)
+    data.pop(DATASET_IDENTITY_KEY, None)
     for key, value in _interpolations(data):
         raise ValueError(f"{path}: {key} = {value!r} is an interpolation; a run folder's config is stored resolved, "
                          "so it is refused rather than resolved (restore the value training wrote)")

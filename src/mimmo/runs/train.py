@@ -14,10 +14,10 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mimmo.data.datasets import Normalizer, Splits
-from mimmo.data.registry import check_data
+from mimmo.data.registry import check_data, dataset_identity
 from mimmo.methods.base import Method
 from mimmo.runs.checkpoints import AtomicCheckpoint, ResumableCSVLogger, load_checkpoint, save_weights
 from mimmo.runs.console import run_summary
@@ -28,6 +28,8 @@ from mimmo.runs.folder import (
     LOG_DIR,
     METRICS_FILE,
     WEIGHTS_FILE,
+    check_same_dataset,
+    config_text,
     is_rank_zero_launcher,
     lock,
     read_config,
@@ -50,6 +52,7 @@ def finished_metrics(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     holds another config or an unreadable file."""
     if (run_dir / CONFIG_FILE).exists() and semantic_config(read_config(run_dir)) != semantic_config(cfg):
         raise ValueError(f"{run_dir} holds a run with another config; choose another output_dir or remove it")
+    check_same_dataset(cfg, run_dir)
     metrics = read_metrics(run_dir)
     if metrics is not None:
         log.info("%s already finished; skipping (remove %s to run it again)", run_dir, METRICS_FILE)
@@ -93,7 +96,7 @@ def _fit_and_finish(cfg: DictConfig, run_dir: Path, splits: Splits, method: Meth
     """Train (resuming from the last checkpoint), evaluate and write the run's files; the folder is locked."""
     checkpoint = run_dir / LAST_CHECKPOINT
     normalizer = build_normalizer(cfg, splits.train.images)
-    write_text_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    write_text_atomic(run_dir / CONFIG_FILE, config_text(cfg, dataset_identity(cfg.data)))
     module = MethodModule(method, normalizer, splits, cfg)
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
