@@ -166,3 +166,24 @@ def test_a_failed_submitit_job_is_one_line_with_its_log(tmp_path):
     log = Path(line.rsplit("(its log: ", 1)[1].rstrip(")"))
     assert log.is_file() and log.is_relative_to(runs / ".submitit")
     assert output.splitlines()[-1].startswith("[grid] sweep 1 failed")
+
+
+def test_a_boolean_names_one_folder_however_it_is_spelt_and_old_folders_are_still_found(tmp_path):
+    """`evaluation.shifted=false` on the command line and `False` from a sweep (Hydra's spelling) are one run."""
+    from mimmo.config import run_name
+
+    path = write_grid(tmp_path / "g.yaml", ["method=base", "seed=0,1", "evaluation.shifted=false",
+                                            f"output_dir={tmp_path}"])
+    [planned] = grids.plan(grids.load_grid(str(path)))
+    assert "evaluation.shifted=False" in planned[0].overrides  # what the sweeper passes
+    with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = hydra.compose(config_name="config", return_hydra_config=True,
+                            overrides=["method=base", "seed=0", "evaluation.shifted=false", f"output_dir={tmp_path}"])
+    with grids._hydra_config(cfg):
+        single = Path(str(cfg.hydra.run.dir))
+    assert single == planned[0].folder and single.name == "evaluation.shifted=false,method=base,seed=0"
+    (tmp_path / "evaluation.shifted=False,method=base,seed=1").mkdir()  # named by an earlier version
+    assert run_name("evaluation.shifted=False,method=base,seed=1", str(tmp_path)) == \
+        "evaluation.shifted=False,method=base,seed=1"
+    assert run_name("evaluation.shifted=FALSE,method=base,seed=2", str(tmp_path)) == \
+        "evaluation.shifted=false,method=base,seed=2"

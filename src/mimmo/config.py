@@ -9,6 +9,7 @@ read by nothing).
 from __future__ import annotations
 
 import hashlib
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,32 @@ MAX_NAME_BYTES = 120
 HASH_CHARS = 16
 
 
-def run_name(override_dirname: str, output_dir: str | None = None) -> str:
-    """The run folder name for Hydra's ``override_dirname`` (sorted ``key=value`` overrides joined by ``,``).
+# A boolean override value, in any case (Hydra reads true/True/TRUE alike, and its sweeper passes True/False).
+BOOLEAN_ITEM = re.compile(r"(?:^|(?<=,))([^,=]+=)(true|false)(?=,|$)", re.IGNORECASE)
 
-    Up to :data:`MAX_NAME_BYTES` bytes the name is the overrides themselves ('default' for none). A longer name
+
+def canonical_overrides(override_dirname: str) -> str:
+    """``override_dirname`` with booleans spelt ``true``/``false``: ``evaluation.shifted=false`` on the command line
+    and ``False`` from a sweep name one run, so they name one folder."""
+    return BOOLEAN_ITEM.sub(lambda match: match.group(1) + match.group(2).lower(), override_dirname)
+
+
+def run_name(override_dirname: str, output_dir: str | None = None) -> str:
+    """The run folder name for Hydra's ``override_dirname`` (sorted ``key=value`` overrides joined by ``,``),
+    booleans in one spelling (:func:`canonical_overrides`).
+
+    A folder that an earlier version named with the booleans as given, and that exists under ``output_dir``
+    while the canonical one does not, keeps being used (see :func:`_name`)."""
+    name = _name(canonical_overrides(override_dirname), output_dir)
+    if output_dir is not None and not (Path(output_dir) / name).is_dir():
+        given = _name(override_dirname, output_dir)
+        if given != name and (Path(output_dir) / given).is_dir():
+            return given
+    return name
+
+
+def _name(override_dirname: str, output_dir: str | None = None) -> str:
+    """Up to :data:`MAX_NAME_BYTES` bytes the name is the overrides themselves ('default' for none). A longer name
     is cut at an override boundary where one falls inside the limit and ends in ``#`` and a stable hash of the
     whole override string, so that different overrides never share a folder. A folder named after the full
     overrides that already exists under ``output_dir`` (made by an earlier version) keeps being used.
