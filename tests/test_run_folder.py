@@ -171,7 +171,7 @@ def test_a_grid_counts_a_stopped_sweep_as_not_finished():
     with pytest.raises(SystemExit) as exit_info:
         run_grid("paper_mini", ["seed=0"], train=stopped, out=lines.append)
     assert exit_info.value.code == 143
-    assert "was stopped by a signal; start the grid again to resume it" in lines[-1]
+    assert lines[-1] == "[grid] sweep 1 stopped (resume by running the grid again)"
 
 
 # ------------------------------------------------------------------------------------------ safe loading
