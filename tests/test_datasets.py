@@ -20,7 +20,7 @@ import torch
 import yaml
 from PIL import Image
 
-from mimmo import grid as grids
+from mimmo.cli import grid as grids
 from mimmo.cli import main
 from mimmo.cli.grid import run_grid
 from mimmo.config import compose
