@@ -133,6 +133,31 @@ def job_task(submitit_dir: Path) -> int:
 
 
 @needs_submitit
+def test_a_failed_job_in_mimmo_train_multirun_is_one_line_too(monkeypatch, capsys):
+    from hydra.core.plugins import Plugins
+    from submitit.core.utils import UncompletedJobError
+
+    Plugins.instance()  # Hydra's plugin scan imports the launcher module anew: take the class it will use
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+    from mimmo.cli import train_command
+
+    def launch(self, job_overrides, initial_job_idx):
+        raise UncompletedJobError(SUBMITIT_ERROR)
+
+    monkeypatch.setattr(BaseSubmititLauncher, "launch", launch)
+    monkeypatch.setattr("mimmo.cli._train_main", lambda: BaseSubmititLauncher.launch(None, [], 0))
+    monkeypatch.setattr("mimmo.cli.check_data_before_start", lambda overrides: None)
+    with pytest.raises(SystemExit) as exited:
+        train_command(["--multirun", "method=base", "seed=0,1"])
+    assert exited.value.code == 143
+    assert capsys.readouterr().err == ("mimmo train: a job was stopped: mimmo train: stopped by SIGTERM while working "
+                                       "on /runs/x (its last epoch is kept): run the same command again (its log: "
+                                       "/runs/.submitit/4242/4242_0_log.err)\n")
+    assert BaseSubmititLauncher.launch is launch  # put back
+
+
+@needs_submitit
 def test_submitit_skips_finished_runs_and_a_requeued_job_resumes_with_its_log_in_place(tmp_path):
     runs = tmp_path / "runs"
     path = write_grid(tmp_path / "g.yaml", ["method=base", "seed=0,1", *TINY, "train.epochs=60", f"output_dir={runs}"])

@@ -116,6 +116,7 @@ def train_command(overrides: list[str]) -> None:
 
         print(train_help())
         return
+    from mimmo.cli.grid import one_line_job_failures
     from mimmo.runs.folder import is_rank_zero_launcher, lock
 
     hydra_flags = [o for o in overrides if o.startswith("-") and o not in ("--multirun", "-m")]
@@ -131,7 +132,8 @@ def train_command(overrides: list[str]) -> None:
         saved = sys.argv
         sys.argv = ["mimmo train", *overrides]
         try:
-            _train_main()
+            with one_line_job_failures(lambda line: print(line, file=sys.stderr), "mimmo train:"):
+                _train_main()
         finally:
             sys.argv = saved
 

@@ -384,10 +384,13 @@ def job_failure(text: str) -> tuple[str, int]:
 
 
 @contextmanager
-def one_line_job_failures(out: Callable[[str], None]) -> Iterator[None]:
+def one_line_job_failures(out: Callable[[str], None], prefix: str = "[grid]") -> Iterator[None]:
     """While a sweep runs with Hydra's submitit launcher: a job that fails or is stopped ends the sweep with
     mimmo's one line and the job's log path (SystemExit: 143 or 130 for a job stopped by a signal, else 1), not
     submitit's error in a traceback."""
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # Hydra's plugin scan imports the launcher modules anew: patch the class Hydra will use
     try:
         from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
         from submitit.core.utils import FailedJobError, UncompletedJobError
@@ -395,15 +398,19 @@ def one_line_job_failures(out: Callable[[str], None]) -> Iterator[None]:
         yield
         return
     original = BaseSubmititLauncher.launch
+    if getattr(original, "one_line", False):  # an enclosing command (mimmo grid) already translates them
+        yield
+        return
 
     def launch(self: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
         try:
             return original(self, job_overrides, initial_job_idx)
         except (UncompletedJobError, FailedJobError) as error:
             message, code = job_failure(str(error))
-            out(f"[grid] a job {'was stopped' if code != 1 else 'failed'}: {message}")
+            out(f"{prefix} a job {'was stopped' if code != 1 else 'failed'}: {message}")
             raise SystemExit(code) from None
 
+    launch.one_line = True  # type: ignore[attr-defined]
     BaseSubmititLauncher.launch = launch  # type: ignore[method-assign]
     try:
         yield
