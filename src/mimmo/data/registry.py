@@ -94,12 +94,19 @@ def _folder_load(data: DataConfig, seed: int) -> Splits:
                        data.get("validation_fraction", 0.1), data.get("train_size"))
 
 
+def _folder_identity(data: DataConfig) -> dict[str, Any] | None:
+    root = data.get("root")
+    if root is None or not (Path(str(root)).expanduser() / "train").is_dir():
+        return None  # not there: the check names the missing folder
+    return folder_identity(root)
+
+
 DATASETS: dict[str, DatasetSpec] = {
     "embedded": DatasetSpec("embedded", lambda data: ((1, 28, 28), 10), _embedded_check, _embedded_load),
     "cifar10": _cifar("cifar10"),
     "cifar100": _cifar("cifar100"),
     "folder": DatasetSpec("folder", _folder_describe, lambda data: check_folder(data.get("root")), _folder_load,
-                          lambda data: folder_identity(data.get("root"))),
+                          _folder_identity),
 }
 
 
