@@ -50,6 +50,13 @@ class Splits:
     test: ImageSet
     num_classes: int
     class_names: tuple[str, ...] | None = None  # label k's name, for reports (None: the labels' numbers)
+    # With data.holdout_classes (mimmo.data.holdout): the held-out classes' test images (their original labels),
+    # the near-OOD set, and the original label of each label of the remapped label space.
+    holdout: ImageSet | None = None
+    class_map: tuple[int, ...] | None = None
+    # Other datasets' test images, matched to this data's shape, as OOD sets (evaluation.ood_sets;
+    # mimmo.evaluation.ood_sets.with_ood_datasets): {name: images}.
+    ood_datasets: dict[str, ImageSet] | None = None
 
     def __post_init__(self) -> None:
         for part in ("train", "validation", "test"):

@@ -24,6 +24,7 @@ from mimmo.data.folder import (
     image_size,
     load_folder,
 )
+from mimmo.data.holdout import check_holdout_classes, hold_out_classes
 
 DataConfig = Mapping[str, Any]  # the ``data`` config: name plus the dataset's options
 DEFAULT_ROOT = "~/.cache/mimmo"
@@ -125,8 +126,10 @@ def dataset_spec(data: DataConfig) -> DatasetSpec:
 
 
 def dataset_shape(data: DataConfig) -> tuple[tuple[int, ...], int]:
-    """Input shape (C, H, W) and number of classes of the configured dataset, without loading it."""
-    return dataset_spec(data).describe(data)
+    """Input shape (C, H, W) and number of classes of the configured dataset, without loading it (the classes
+    left after ``data.holdout_classes``, which is checked here)."""
+    shape, num_classes = dataset_spec(data).describe(data)
+    return shape, num_classes - len(check_holdout_classes(data.get("holdout_classes"), num_classes))
 
 
 def check_data(data: DataConfig) -> None:
@@ -161,8 +164,11 @@ def identity_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]
 
 
 def load_data(data: DataConfig, seed: int) -> Splits:
-    """The configured dataset's splits, drawn from ``seed`` (with ``data.label_noise``, the training labels
-    noisy: :func:`mimmo.data.datasets.with_label_noise`)."""
+    """The configured dataset's splits, drawn from ``seed``; with ``data.holdout_classes`` those classes held out
+    (:func:`mimmo.data.holdout.hold_out_classes`), then with ``data.label_noise`` the training labels noisy
+    (:func:`mimmo.data.datasets.with_label_noise`)."""
     spec = dataset_spec(data)
     spec.check(data)
-    return with_label_noise(spec.load(data, seed), float(data.get("label_noise", 0.0)), seed)
+    splits = spec.load(data, seed)
+    splits = hold_out_classes(splits, check_holdout_classes(data.get("holdout_classes"), splits.num_classes))
+    return with_label_noise(splits, float(data.get("label_noise", 0.0)), seed)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from mimmo.data.datasets import ImageSet, Normalizer
 from mimmo.data.shifts import SHIFTS, apply_shift, set_name, shifted_sets
+from mimmo.evaluation.decomposition import summarize_decomposition
 from mimmo.evaluation.metrics import (
     classification_metrics,
     exit_log_probs,
@@ -26,6 +27,8 @@ from mimmo.evaluation.metrics import (
     misclassification_auroc,
     reliability_bins,
 )
+from mimmo.evaluation.ood import histogram, ood_metrics, scores_from, uncertainty
+from mimmo.evaluation.selective import selective_metrics
 from mimmo.methods.base import Prediction, mixture_log_probs
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,12 @@ class SetPrediction:
     member_log_probs: Tensor  # (N, M, K): each member's own mixture over its exits
     weights: Tensor  # (D, M): the exit weights of the mixture
     exit_log_probs: Tensor  # (N, D, K): each exit's own ensemble of the members
+    # Per sample (N,): msp, energy and the entropy decomposition (mimmo.evaluation.ood.uncertainty).
+    uncertainty: dict[str, Tensor] = field(default_factory=dict)
+
+    def ood_scores(self) -> dict[str, Tensor]:
+        """The OOD scores this prediction's shape defines (mimmo.evaluation.ood.score_names)."""
+        return scores_from(self.uncertainty, self.exit_log_probs.shape[1], self.member_log_probs.shape[1])
 
 
 @dataclass(frozen=True)
@@ -112,17 +121,20 @@ def predict_readouts(method: nn.Module, images_u8: Tensor, normalizer: Normalize
     normalisation. The method is left in its previous mode."""
     if not readouts:
         raise ValueError("give at least one readout")
-    parts: dict[str, tuple[list, list, list, Tensor | None]] = {name: ([], [], [], None) for name in readouts}
+    parts: dict[str, tuple[list, list, list, list, Tensor | None]] = {name: ([], [], [], [], None)
+                                                                       for name in readouts}
     for prediction in _predictions(method, images_u8, normalizer, batch_size, device, transform):
         for name, readout in readouts.items():
             logits, weights = readout.apply(prediction.logits, prediction.weights)
-            log_probs, members, exits, _ = parts[name]
+            log_probs, members, exits, scores, _ = parts[name]
             log_probs.append(mixture_log_probs(logits, weights).cpu())
             members.append(member_log_probs(logits, weights).cpu())
             exits.append(exit_log_probs(logits).cpu())
-            parts[name] = (log_probs, members, exits, weights.detach().float().cpu())
-    return {name: SetPrediction(torch.cat(log_probs), torch.cat(members), weights, torch.cat(exits))
-            for name, (log_probs, members, exits, weights) in parts.items()}
+            scores.append({key: value.cpu() for key, value in uncertainty(logits, weights).items()})
+            parts[name] = (log_probs, members, exits, scores, weights.detach().float().cpu())
+    return {name: SetPrediction(torch.cat(log_probs), torch.cat(members), weights, torch.cat(exits),
+                                {key: torch.cat([batch[key] for batch in scores]) for key in scores[0]})
+            for name, (log_probs, members, exits, scores, weights) in parts.items()}
 
 
 def predict(method: nn.Module, images_u8: Tensor, normalizer: Normalizer, batch_size: int = 500,
@@ -177,18 +189,49 @@ def summarize_sets(sets: dict[str, dict]) -> dict[str, dict[str, float]]:
     return summary
 
 
+def uncertainty_sections(prediction: SetPrediction, targets: Tensor) -> dict[str, dict]:
+    """metrics.json's ``selective`` (:func:`~mimmo.evaluation.selective.selective_metrics`) and ``decomposition``
+    (:func:`~mimmo.evaluation.decomposition.summarize_decomposition`) of one set's prediction."""
+    parts = {key: value for key, value in prediction.uncertainty.items() if key not in ("msp", "energy")}
+    return {"selective": selective_metrics(prediction.log_probs, targets),
+            "decomposition": summarize_decomposition(parts)}
+
+
+def ood_section(clean: SetPrediction, ood_predictions: dict[str, SetPrediction]) -> dict:
+    """metrics.json's ``ood`` section: per OOD set its size, and per score the detection metrics
+    (:func:`~mimmo.evaluation.ood.ood_metrics`) and a histogram of both sets' scores."""
+    id_scores = clean.ood_scores()
+    sets = {}
+    for name, prediction in ood_predictions.items():
+        scores = prediction.ood_scores()
+        sets[name] = {"size": len(prediction.log_probs), "metrics": ood_metrics(id_scores, scores),
+                      "histograms": {score: histogram(id_scores[score], scores[score]) for score in id_scores}}
+    return {"in_distribution_size": len(clean.log_probs), "scores": list(id_scores), "sets": sets}
+
+
 def evaluate_readouts(method: nn.Module, data: ImageSet, normalizer: Normalizer, readouts: dict[str, Readout],
                       batch_size: int = 500, device: torch.device | str | None = None, shift_seed: int = 0,
-                      shifted: bool = True) -> dict[str, dict]:
+                      shifted: bool = True, ood_sets: dict[str, ImageSet] | None = None) -> dict[str, dict]:
     """:func:`evaluate_method` for every one of ``readouts`` from one pass over each set: ``{name: results}``."""
     targets = data.labels
     log.info("evaluation: clean test set (%d images) ...", len(data))
     clean = predict_readouts(method, data.images, normalizer, readouts, batch_size, device)
     results: dict[str, dict] = {name: {"test": set_metrics(clean[name], targets, reliability=True), "shifted": None}
                                 for name in readouts}
+    for name in readouts:
+        for section, value in uncertainty_sections(clean[name], targets).items():
+            results[name][section] = {"test": value, "shifted": None}
+    if ood_sets:
+        log.info("evaluation: %d OOD sets (%s) ...", len(ood_sets), ", ".join(ood_sets))
+        ood_predictions = {set_name: predict_readouts(method, images.images, normalizer, readouts, batch_size, device)
+                           for set_name, images in ood_sets.items()}
+        for name in readouts:
+            results[name]["ood"] = ood_section(clean[name], {set_name: predictions[name] for set_name, predictions
+                                                             in ood_predictions.items()})
     if shifted:
         log.info("evaluation: %d shifted test sets (%s; 5 levels each) ...", len(shifted_sets()), ", ".join(SHIFTS))
         sets: dict[str, dict] = {name: {} for name in readouts}
+        extra: dict[str, dict[str, dict]] = {name: {"selective": {}, "decomposition": {}} for name in readouts}
         for kind, level in shifted_sets():
             def transform(x: Tensor, index: Tensor, kind: str = kind, level: float = level) -> Tensor:
                 return apply_shift(x, kind, level, index, shift_seed)
@@ -196,14 +239,18 @@ def evaluate_readouts(method: nn.Module, data: ImageSet, normalizer: Normalizer,
             predictions = predict_readouts(method, data.images, normalizer, readouts, batch_size, device, transform)
             for name, prediction in predictions.items():
                 sets[name][set_name(kind, level)] = set_metrics(prediction, targets)
+                for section, value in uncertainty_sections(prediction, targets).items():
+                    extra[name][section][set_name(kind, level)] = value
         for name in readouts:
             results[name]["shifted"] = {"summary": summarize_sets(sets[name]), "sets": sets[name]}
+            for section, per_set in extra[name].items():
+                results[name][section]["shifted"] = summarize_sets(per_set)
     return results
 
 
 def evaluate_method(method: nn.Module, data: ImageSet, normalizer: Normalizer, batch_size: int = 500,
                     device: torch.device | str | None = None, shift_seed: int = 0,
-                    shifted: bool = True) -> dict:
+                    shifted: bool = True, ood_sets: dict[str, ImageSet] | None = None) -> dict:
     """Metrics of ``method`` on ``data`` and, when ``shifted``, on its 25 shifted versions.
 
     Returns ``{"test": metrics + "reliability", "shifted": {"summary": {metric: {"mean", "std"}},
@@ -211,6 +258,9 @@ def evaluate_method(method: nn.Module, data: ImageSet, normalizer: Normalizer, b
     accuracy, nll, ece, brier, entropy, confidence, accuracy_minus_confidence, misclassification_auroc; with
     several members member_accuracy, member_nll, member_confidence, member_accuracy_minus_confidence and
     disagreement; with several exits exit_accuracy, exit_nll, exit_confidence and
-    exit_accuracy_minus_confidence (each exit's equal-weight ensemble of the members).
+    exit_accuracy_minus_confidence (each exit's equal-weight ensemble of the members). ``"selective"`` and
+    ``"decomposition"`` hold ``{"test": ..., "shifted": {metric: {"mean", "std"}} or None}``
+    (:func:`uncertainty_sections`); with ``ood_sets`` ``{name: images}``, ``"ood"`` is :func:`ood_section`.
     """
-    return evaluate_readouts(method, data, normalizer, {"raw": RAW}, batch_size, device, shift_seed, shifted)["raw"]
+    return evaluate_readouts(method, data, normalizer, {"raw": RAW}, batch_size, device, shift_seed, shifted,
+                             ood_sets)["raw"]

@@ -44,6 +44,7 @@ HIGHER_IS_OOD = {"msp": False, "entropy": True, "energy": True, "mi_members": Tr
 SCORES = tuple(HIGHER_IS_OOD)
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
 TPR_LEVEL = 0.95
+HISTOGRAM_BINS = 30
 
 
 def energy(logits: Tensor, weights: Tensor) -> Tensor:
@@ -66,18 +67,27 @@ def score_names(num_exits: int, num_members: int) -> list[str]:
     return names
 
 
+def uncertainty(logits: Tensor, weights: Tensor) -> dict[str, Tensor]:
+    """Per sample (B,), float64: ``msp``, ``energy`` and every part of
+    :func:`~mimmo.evaluation.decomposition.decompose` (``total`` is the entropy)."""
+    check_logits(logits, weights)
+    parts = decompose(logits, weights)
+    log_pi = component_weights(weights, logits.shape[2]).to(logits.device).log()
+    log_p = F.log_softmax(logits.detach().to(torch.float64), dim=-1) + log_pi[None, :, :, None]
+    mixture = torch.logsumexp(log_p.flatten(1, 2), dim=1)  # (B, K)
+    return {"msp": mixture.max(dim=1).values.exp(), "energy": energy(logits, weights), **parts}
+
+
+def scores_from(parts: dict[str, Tensor], num_exits: int, num_members: int) -> dict[str, Tensor]:
+    """The scores of :func:`score_names` from the parts :func:`uncertainty` gives."""
+    every = {**parts, "entropy": parts["total"]}
+    return {name: every[name] for name in score_names(num_exits, num_members)}
+
+
 def ood_scores(logits: Tensor, weights: Tensor) -> dict[str, Tensor]:
     """Every score of :func:`score_names` per sample (B,), float64 on the logits' device, in its own direction
     (:data:`HIGHER_IS_OOD`)."""
-    check_logits(logits, weights)
-    num_exits, num_members = logits.shape[1:3]
-    parts = decompose(logits, weights)
-    log_pi = component_weights(weights, num_members).to(logits.device).log()
-    log_p = F.log_softmax(logits.detach().to(torch.float64), dim=-1) + log_pi[None, :, :, None]
-    mixture = torch.logsumexp(log_p.flatten(1, 2), dim=1)  # (B, K)
-    every = {"msp": mixture.max(dim=1).values.exp(), "entropy": parts["total"], "energy": energy(logits, weights),
-             "mi_members": parts["mi_members"], "mi_exits": parts["mi_exits"], "mi_both": parts["mi_both"]}
-    return {name: every[name] for name in score_names(num_exits, num_members)}
+    return scores_from(uncertainty(logits, weights), logits.shape[1], logits.shape[2])
 
 
 def _oriented(id_scores: Tensor, ood_scores: Tensor, higher_is_ood: bool) -> tuple[Tensor, Tensor]:
@@ -141,3 +151,17 @@ def ood_metrics(id_scores: dict[str, Tensor], ood_scores: dict[str, Tensor]) -> 
     """:func:`detection_metrics` of every score both sets have (as :func:`ood_scores` gives them): {score: metrics}."""
     return {name: detection_metrics(id_scores[name], ood_scores[name], HIGHER_IS_OOD[name])
             for name in id_scores if name in ood_scores}
+
+
+def histogram(id_scores: Tensor, ood_scores: Tensor, bins: int = HISTOGRAM_BINS) -> dict[str, list]:
+    """Counts of both sets' scores in ``bins`` equal bins spanning their finite values (for the report's figure):
+    ``edges`` (bins + 1), ``in`` and ``ood`` counts; non-finite scores are left out."""
+    id_scores, ood_scores = id_scores.detach().double().cpu(), ood_scores.detach().double().cpu()
+    id_scores, ood_scores = id_scores[id_scores.isfinite()], ood_scores[ood_scores.isfinite()]
+    both = torch.cat([id_scores, ood_scores])
+    low, high = (both.min().item(), both.max().item()) if len(both) else (0.0, 1.0)
+    if high <= low:
+        low, high = low - 0.5, high + 0.5
+    return {"edges": torch.linspace(low, high, bins + 1, dtype=torch.float64).tolist(),
+            "in": torch.histc(id_scores, bins, low, high).long().tolist(),
+            "ood": torch.histc(ood_scores, bins, low, high).long().tolist()}
