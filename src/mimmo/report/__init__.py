@@ -6,8 +6,9 @@ post-hoc sections (calibrated metrics, exits pruned by θ, anytime tables) it ad
 (``posthoc.md``) and the anytime figure; it always writes every run's numbers (``per_seed.csv``), the runs'
 provenance (in ``report.md``'s header) and, where the reference method has a row, the paired comparison of every
 method against it over seeds (``comparison.md``); where runs have the confidence metrics, a confidence section
-(``confidence.md``); where they have training logs, a convergence section (``convergence.md``). It never
-retrains anything.
+(``confidence.md``); where they have training logs, a convergence section (``convergence.md``); where they have
+the ood, selective or decomposition sections, their tables (``uncertainty.md``), the risk-coverage figure and
+the OOD score histograms. It never retrains anything.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from mimmo.report.posthoc import posthoc_figures, posthoc_markdown
 from mimmo.report.runs import Run, RunGroup, SkippedRunsWarning, group_runs, load_runs
 from mimmo.report.stats import provenance_markdown
 from mimmo.report.tables import build_tables, write_tables
+from mimmo.report.uncertainty import UNCERTAINTY_FILE, uncertainty_figures, uncertainty_markdown
 from mimmo.runs.folder import write_text_atomic
 
 REPORT_FILE = "report.md"
@@ -53,7 +55,8 @@ def report(paths: Iterable[str | Path], out_dir: str | Path, figures: bool = Tru
     write_text_atomic(out_dir / PER_SEED_FILE, per_seed_text(tables))
     for name, section in ((COMPARISON_FILE, comparison_markdown(tables, reference)),  # paired, with intervals
                           (CONFIDENCE_FILE, confidence_markdown(groups)),  # under- or over-confidence
-                          (CONVERGENCE_FILE, convergence_markdown(groups))):  # settled? held-out NLL rising?
+                          (CONVERGENCE_FILE, convergence_markdown(groups)),  # settled? held-out NLL rising?
+                          (UNCERTAINTY_FILE, uncertainty_markdown(groups))):  # OOD, selective, decomposition
         if section:
             text += "\n" + section
             write_text_atomic(out_dir / name, section)
@@ -62,7 +65,8 @@ def report(paths: Iterable[str | Path], out_dir: str | Path, figures: bool = Tru
         text += "\n" + extra
         write_text_atomic(out_dir / POSTHOC_FILE, extra)
     if figures:
-        written = make_figures(groups, out_dir / "figures") + posthoc_figures(groups, out_dir / "figures")
+        written = (make_figures(groups, out_dir / "figures") + posthoc_figures(groups, out_dir / "figures")
+                   + uncertainty_figures(groups, out_dir / "figures"))
         if written:
             text += "\n## Figures\n\n" + "\n".join(
                 f"![{path.stem}]({path.relative_to(out_dir).as_posix()})" for path in written) + "\n"

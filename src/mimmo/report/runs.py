@@ -114,7 +114,8 @@ def _freeze(value: Any) -> Any:
 # such a config, recipe.DEFAULTS): a saved config that lacks one of these keys is read as having this value, so
 # that runs from before and after the addition share their tables. A historical record, not the current
 # defaults: never change a value, only add settings.
-ADDED_SETTINGS = {"data.label_noise": 0.0, **flatten({"train": RECIPE_DEFAULTS})}
+ADDED_SETTINGS = {"data.label_noise": 0.0, "data.holdout_classes": None, "evaluation.ood": True,
+                  "evaluation.ood_sets": (), **flatten({"train": RECIPE_DEFAULTS})}
 
 
 def _is_hidden(path: Path, root: Path) -> bool:
