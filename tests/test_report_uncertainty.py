@@ -78,3 +78,17 @@ def test_report_writes_the_section_and_the_figures(tmp_path):
     for name in figures:
         assert (tmp_path / "out" / "figures" / name).read_bytes()[:8] == PNG_MAGIC
     assert risk_coverage_figure(group_runs(load_runs([root / "base0"])), tmp_path / "none.png") is None
+
+
+def test_demo_table_has_an_ood_column():
+    from mimmo.demo import format_table
+
+    def row(method: str, ood: dict | None) -> dict:
+        return {"method": method, "num_members": 1, "num_exits": 1, "config": {"train": {"epochs": 2}},
+                "test": {"accuracy": 0.9, "nll": 0.3, "ece": 0.05}, "cost": {"flops": 1e6, "params": 1e3},
+                "seconds": None, **({"ood": ood} if ood else {})}
+
+    sets = {"gaussian": {"metrics": {"msp": {"auroc": 0.9}}}, "uniform": {"metrics": {"msp": {"auroc": 0.7}}}}
+    lines = format_table([row("base", {"sets": sets}), row("mimo", None)]).splitlines()
+    assert "| OOD AUROC (MSP) |" in lines[0]
+    assert lines[2].split(" | ")[10] == "0.800" and lines[3].split(" | ")[10] == "–"

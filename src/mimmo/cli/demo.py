@@ -39,8 +39,8 @@ def format_table(rows: list[dict]) -> str:
     """The demo's table; ``rows`` hold a run's metrics plus ``seconds`` (this call's wall time, None for a run
     that was finished before and reused)."""
     header = ("| method | M | D | epochs | accuracy | NLL | ECE | acc − conf | shifted acc | shifted NLL "
-              "| FLOPs [M] | params [M] | time |\n"
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+              "| OOD AUROC (MSP) | FLOPs [M] | params [M] | time |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [header]
     for r in rows:
         t = r["test"]
@@ -49,12 +49,19 @@ def format_table(rows: list[dict]) -> str:
                      f"| {t['accuracy']:.3f} | {t['nll']:.3f} | {t['ece']:.3f} "
                      f"| {_number(t.get('accuracy_minus_confidence'), '+.3f')} "
                      f"| {_number(_shifted(r, 'accuracy'), '.3f')} | {_number(_shifted(r, 'nll'), '.3f')} "
-                     f"| {r['cost']['flops'] / 1e6:.2f} | {r['cost']['params'] / 1e6:.3f} | {time_text} |")
+                     f"| {_number(ood_auroc(r), '.3f')} | {r['cost']['flops'] / 1e6:.2f} | {r['cost']['params'] / 1e6:.3f} | {time_text} |")
     return "\n".join(lines)
 
 
 def _shifted(row: dict, key: str) -> float | None:
     return ((row.get("shifted") or {}).get("summary") or {}).get(key, {}).get("mean")
+
+
+def ood_auroc(row: dict, score: str = "msp") -> float | None:
+    """The mean over a run's OOD sets (the noise sets in the demo) of ``score``'s AUROC (None without them)."""
+    sets = (row.get("ood") or {}).get("sets") or {}
+    values = [entry["metrics"][score]["auroc"] for entry in sets.values() if score in entry["metrics"]]
+    return sum(values) / len(values) if values else None
 
 
 def _number(value: float | None, spec: str) -> str:
