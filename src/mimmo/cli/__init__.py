@@ -221,8 +221,18 @@ def _thresholds(text: str) -> list[float]:
 
 
 def posthoc_evaluate(args: argparse.Namespace) -> None:
-    """``mimmo evaluate RUN_DIR --anytime / --prune-exits EPS``: add those sections, leave the rest."""
-    from mimmo.runs.posthoc import add_anytime, add_pruned
+    """``mimmo evaluate RUN_DIR --anytime / --prune-exits EPS / --ood``: add those sections, leave the rest."""
+    from mimmo.runs.posthoc import add_anytime, add_ood, add_pruned
+
+    if args.ood:
+        sections = run_reporting_errors("evaluate", lambda: add_ood(args.run_dir, device=args.device))
+        selective = sections["selective"]["test"]
+        print(f"{args.run_dir}: selective AURC {selective['aurc']:.4f}, E-AURC {selective['e_aurc']:.4f}; "
+              f"MI over members and exits {sections['decomposition']['test']['mi_both']:.4f} nats (metrics.json "
+              "updated)")
+        for name, entry in sections["ood"]["sets"].items():
+            msp = entry["metrics"]["msp"]
+            print(f"  OOD {name} ({entry['size']} images): MSP AUROC {msp['auroc']:.4f}, FPR95 {msp['fpr95']:.4f}")
 
     if args.prune_exits is not None:
         pruned = add_pruned(args.run_dir, args.prune_exits, device=args.device)
@@ -288,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="comma-separated anytime thresholds in [0, 1] (default: 0,0.5,...,0.999,1)")
     evaluate.add_argument("--prune-exits", type=float, default=None, metavar="EPS",
                           help="only evaluate the network with exits whose weight is < EPS dropped ('pruned')")
+    evaluate.add_argument("--ood", action="store_true",
+                          help="only add OOD detection, selective classification and the uncertainty decomposition "
+                               "('ood', 'selective', 'decomposition')")
     calibrate = command("calibrate", "fit a temperature on the validation split of finished runs and add the "
                         "calibrated metrics to their metrics.json")
     calibrate.add_argument("run_dirs", nargs="+")
@@ -329,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command in ("evaluate", "calibrate"):
         args.device = run_reporting_errors(args.command, lambda: best_device(args.device))
-    if args.command == "evaluate" and (args.anytime or args.prune_exits is not None):
+    if args.command == "evaluate" and (args.anytime or args.prune_exits is not None or args.ood):
         posthoc_evaluate(args)
     elif args.command == "evaluate":
         from mimmo.runs.console import configure_console, run_summary

@@ -49,7 +49,8 @@ def format_table(rows: list[dict]) -> str:
                      f"| {t['accuracy']:.3f} | {t['nll']:.3f} | {t['ece']:.3f} "
                      f"| {_number(t.get('accuracy_minus_confidence'), '+.3f')} "
                      f"| {_number(_shifted(r, 'accuracy'), '.3f')} | {_number(_shifted(r, 'nll'), '.3f')} "
-                     f"| {_number(ood_auroc(r), '.3f')} | {r['cost']['flops'] / 1e6:.2f} | {r['cost']['params'] / 1e6:.3f} | {time_text} |")
+                     f"| {_number(ood_auroc(r), '.3f')} "
+                     f"| {r['cost']['flops'] / 1e6:.2f} | {r['cost']['params'] / 1e6:.3f} | {time_text} |")
     return "\n".join(lines)
 
 

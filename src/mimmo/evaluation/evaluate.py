@@ -32,6 +32,7 @@ from mimmo.evaluation.selective import selective_metrics
 from mimmo.methods.base import Prediction, mixture_log_probs
 
 log = logging.getLogger(__name__)
+UNCERTAINTY_SECTIONS = ("ood", "selective", "decomposition")  # what uncertainty_sections and ood_section write
 Transform = Callable[[Tensor, Tensor], Tensor]  # ([0, 1] images (B, C, H, W), their indices (B,)) -> images
 
 

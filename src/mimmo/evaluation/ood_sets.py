@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from mimmo.config import CONFIG_DIR
 from mimmo.data.datasets import ImageSet, Splits
 from mimmo.data.holdout import MIN_OOD_IMAGES
 from mimmo.data.registry import DATASETS, dataset_shape, dataset_spec
@@ -28,7 +29,6 @@ NOISE_SETS = ("gaussian", "uniform")
 MAX_NOISE_IMAGES = 2000
 NOISE_SEED_OFFSET = {"gaussian": 2_000_003, "uniform": 3_000_017}  # streams of their own, apart from the split's
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, RGB -> grey
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def ood_enabled(cfg: DictConfig) -> bool:
@@ -55,7 +55,7 @@ def _entries(cfg: DictConfig) -> list[dict[str, Any]]:
         if entry is None or entry.get("name") not in DATASETS:
             raise ValueError(f"evaluation.ood_sets: {item!r} is not a dataset; give one of {sorted(DATASETS)} "
                              "(or a mapping with its name and options)")
-        path = CONFIG_DIR / "data" / f"{entry['name']}.yaml"
+        path = Path(CONFIG_DIR) / "data" / f"{entry['name']}.yaml"
         defaults = OmegaConf.to_container(OmegaConf.load(path), resolve=True) if path.is_file() else {}
         own_root = isinstance(item, Mapping) and "root" in item
         if not own_root and "folder" not in (entry["name"], cfg.data.name) and cfg.data.get("root") is not None:
@@ -112,7 +112,7 @@ def with_ood_datasets(cfg: DictConfig, splits: Splits) -> Splits:
     ``ood_datasets`` (loaded now, so that a run refuses a bad set before its folder exists); ValueError for a
     set of fewer than :data:`MIN_OOD_IMAGES` images."""
     check_ood_config(cfg)
-    entries = _entries(cfg) if ood_enabled(cfg) else []
+    entries = _entries(cfg)
     if not entries:
         return splits
     loaded = {}
@@ -140,10 +140,10 @@ def noise_images(kind: str, count: int, shape: Sequence[int], seed: int) -> Tens
     return (x * 255.0).round().to(torch.uint8)
 
 
-def ood_sets(cfg: DictConfig, splits: Splits) -> dict[str, ImageSet]:
+def ood_sets(cfg: DictConfig, splits: Splits, force: bool = False) -> dict[str, ImageSet]:
     """Every OOD set of the run, {name: images} (labels -1): ``holdout`` (if classes were held out), the noise
-    sets, then ``splits.ood_datasets``; {} with ``evaluation.ood=false``."""
-    if not ood_enabled(cfg):
+    sets, then ``splits.ood_datasets``; {} with ``evaluation.ood=false`` unless ``force``."""
+    if not (ood_enabled(cfg) or force):
         return {}
     sets: dict[str, ImageSet] = {}
     if splits.holdout is not None:

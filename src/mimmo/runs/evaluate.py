@@ -14,8 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from mimmo.data.datasets import Normalizer, Splits
 from mimmo.evaluation.calibration import calibrated_section, fit_temperature
 from mimmo.evaluation.cost import count_cost
-from mimmo.evaluation.evaluate import RAW, Readout, evaluate_readouts, predict_logits
+from mimmo.evaluation.evaluate import RAW, UNCERTAINTY_SECTIONS, Readout, evaluate_readouts, predict_logits
 from mimmo.evaluation.metrics import classification_metrics
+from mimmo.evaluation.ood_sets import ood_sets
 from mimmo.evaluation.probes import feature_reuse
 from mimmo.evaluation.pruning import can_prune, pruned_cost, pruned_weights
 from mimmo.methods.base import Method, mixture_log_probs
@@ -40,7 +41,9 @@ def evaluate_model(cfg: DictConfig, method: Method, normalizer: Normalizer, spli
     """Everything a run folder records about a trained model: test (clean and shifted), validation,
     cost, the learned exit weights and the feature-reuse probe; with ``evaluation.calibrate`` the temperature
     fitted on the validation split and the calibrated metrics (``calibrated``), with ``evaluation.prune_exits``
-    the network with exits pruned (``pruned``). All read from one pass over each set."""
+    the network with exits pruned (``pruned``); OOD detection on the run's OOD sets (``ood``, with
+    ``evaluation.ood``), selective classification (``selective``) and the entropy decomposition
+    (``decomposition``). All read from one pass over each set."""
     method = method.to(device).eval()
     normalizer = normalizer.to(device)
     batch = int(cfg.train.eval_batch_size)
@@ -55,7 +58,7 @@ def evaluate_model(cfg: DictConfig, method: Method, normalizer: Normalizer, spli
     if eps is not None and can_prune(method):
         readouts["pruned"] = Readout(weights=pruned_weights(method, eps))
     evaluation = evaluate_readouts(method, splits.test, normalizer, readouts, batch, device, shift_seed=int(cfg.seed),
-                                   shifted=bool(cfg.evaluation.shifted))
+                                   shifted=bool(cfg.evaluation.shifted), ood_sets=ood_sets(cfg, splits))
     weights = method.exit_weights()
     input_shape = model_input_shape(cfg, splits.input_shape)
     log.info("evaluation: cost and feature-reuse probe ...")
@@ -64,9 +67,11 @@ def evaluate_model(cfg: DictConfig, method: Method, normalizer: Normalizer, spli
         "format_version": FORMAT_VERSION, "method": cfg.method.name, "dataset": cfg.data.name,
         "data_shape": list(splits.input_shape), "num_classes": splits.num_classes,
         "class_names": None if splits.class_names is None else list(splits.class_names),
+        "class_map": None if splits.class_map is None else list(splits.class_map),
         "num_members": method.num_members, "num_exits": method.num_exits, "seed": int(cfg.seed),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "test": evaluation["raw"]["test"], "shifted": evaluation["raw"]["shifted"],
+        **{section: evaluation["raw"][section] for section in UNCERTAINTY_SECTIONS if section in evaluation["raw"]},
         "validation": classification_metrics(mixture_log_probs(validation_logits, validation_weights),
                                              splits.validation.labels),
         "cost": {"flops": cost.flops, "params": cost.params},

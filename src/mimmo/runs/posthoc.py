@@ -17,7 +17,8 @@ import torch
 from mimmo.evaluation.anytime import DEFAULT_THRESHOLDS, anytime_sweep
 from mimmo.evaluation.calibration import calibrated_section, fit_on_set
 from mimmo.evaluation.cost import count_cost
-from mimmo.evaluation.evaluate import Readout, evaluate_readouts
+from mimmo.evaluation.evaluate import RAW, UNCERTAINTY_SECTIONS, Readout, evaluate_readouts
+from mimmo.evaluation.ood_sets import ood_sets
 from mimmo.evaluation.pruning import pruned_cost, pruned_weights
 from mimmo.runs.checkpoints import load_run
 from mimmo.runs.folder import METRICS_FILE, read_json, write_calibration, write_json_atomic
@@ -67,6 +68,23 @@ def add_pruned(run_dir: str | Path, eps: float, device: str | torch.device = "cp
         shifted=bool(cfg.evaluation.shifted))["pruned"]
     _merge(run_dir, "pruned", section)
     return section
+
+
+def add_ood(run_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Evaluate OOD detection on the run's OOD sets, selective classification and the entropy decomposition (clean
+    and, per the run's ``evaluation.shifted``, shifted test sets) into metrics.json's ``ood``, ``selective`` and
+    ``decomposition`` sections (also for a run whose ``evaluation.ood`` is false); returns them."""
+    run_dir, _ = _finished(run_dir)
+    method, normalizer, cfg = load_run(run_dir, device)
+    splits = load_splits(cfg)
+    raw = evaluate_readouts(method, splits.test, normalizer, {"raw": RAW}, int(cfg.train.eval_batch_size), device,
+                            shift_seed=int(cfg.seed), shifted=bool(cfg.evaluation.shifted),
+                            ood_sets=ood_sets(cfg, splits, force=True))["raw"]
+    sections = {section: raw[section] for section in UNCERTAINTY_SECTIONS}
+    metrics = read_json(run_dir / METRICS_FILE)  # read again: the sections are merged into the latest file
+    metrics.update(sections)
+    write_json_atomic(run_dir / METRICS_FILE, metrics)
+    return sections
 
 
 def calibrate_run(run_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from mimmo.config import check_known_keys
 from mimmo.data.datasets import Normalizer, Splits
 from mimmo.data.registry import DATASETS, dataset_shape, load_data
+from mimmo.evaluation.ood_sets import check_ood_config, with_ood_datasets
 from mimmo.methods.base import Method, is_integer
 from mimmo.methods.registry import build_method
 from mimmo.models.backbone import backbone_input_shape
@@ -92,6 +93,7 @@ def validate_training(cfg: DictConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    check_ood_config(cfg)  # evaluation.ood, evaluation.ood_sets (data.holdout_classes: dataset_shape, load_data)
     validate_recipe(train)
     if train.get("cuda_graphs", "auto") is True and not graphs_capturable(train):
         raise ValueError(f"train.cuda_graphs=true needs train.optimizer=adam (torch's SGD step cannot be captured in "
@@ -134,7 +136,8 @@ def prepare_run(cfg: DictConfig) -> tuple[Splits, Method]:
 
 
 def load_splits(cfg: DictConfig) -> Splits:
-    return load_data(cfg.data, int(cfg.seed))
+    """The run's data splits, with the test images of its evaluation.ood_sets datasets (loaded and checked now)."""
+    return with_ood_datasets(cfg, load_data(cfg.data, int(cfg.seed)))
 
 
 def input_spec(cfg: DictConfig) -> tuple[tuple[int, ...], int]:
