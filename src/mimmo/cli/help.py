@@ -88,7 +88,8 @@ examples:
 """
 
 EVALUATE_EPILOG = """\
-The run folder's metrics.json is rewritten (its training time and exit-weight history are kept).
+The run folder's metrics.json is rewritten (its training time and exit-weight history are kept). --anytime,
+--prune-exits and --ood only add their sections ('anytime', 'pruned'; 'ood', 'selective', 'decomposition').
 
 example:
   mimmo evaluate runs/method=mimmo,seed=1 --device cpu"""
