@@ -25,7 +25,7 @@ TINY = ["model.planes=[4,4,4,4]", "model.layers=[1,1,1,1]", "model.stem_channels
 PAPER_GRIDS = {"paper_tables": 66, "paper_alpha": 63, "paper_depth_width": 36}
 ALL_GRIDS = {**PAPER_GRIDS, "paper_mini": 50, "paper_mini_noisy": 30, "paper_mini_alpha": 12, "paper_mini_noisy50": 50,
              "paper_mini_noisy50_alpha": 12, "paper_mini_members": 33, "paper_mini_depth_width": 12,
-             "paper_mini_kl": 12, "paper_mini_ensembles": 10}
+             "paper_mini_kl": 12, "paper_mini_ensembles": 10, "paper_mini_ood": 30}
 TEN_METHODS = {"base", "ensemble", "mc_dropout", "dun", "early_exit", "mimo", "datamux", "mixmo", "mimmo_gamma",
                "mimmo"}
 
@@ -72,9 +72,9 @@ def test_every_grid_run_composes_and_validates():
     planned = {name: grids.plan(grids.load_grid(name)) for name in grids.available_grids()}
     assert {name: sum(map(len, sweeps)) for name, sweeps in planned.items()} == ALL_GRIDS
     built = grids.validate([runs for sweeps in planned.values() for runs in sweeps])
-    # tables, Fig. 6's three other models x M, the three miniatures (data), the miniature's M = 4 and 8, its Fig. 6,
-    # the efficient ensembles in miniature
-    assert built == 22 + 9 + 10 + 10 + 10 + 11 + 3 + 2
+    # tables, Fig. 6's three other models x M, the four miniatures (data; paper_mini_ood's five classes), the
+    # miniature's M = 4 and 8, its Fig. 6, the efficient ensembles in miniature
+    assert built == 22 + 9 + 10 + 10 + 10 + 10 + 11 + 3 + 2
     runs = {name: [run for runs in sweeps for run in runs] for name, sweeps in planned.items()}
     for grid_runs in runs.values():
         assert len({run.folder for run in grid_runs}) == len(grid_runs)
