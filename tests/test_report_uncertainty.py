@@ -81,7 +81,7 @@ def test_report_writes_the_section_and_the_figures(tmp_path):
 
 
 def test_demo_table_has_an_ood_column():
-    from mimmo.demo import format_table
+    from mimmo.cli.demo import format_table
 
     def row(method: str, ood: dict | None) -> dict:
         return {"method": method, "num_members": 1, "num_exits": 1, "config": {"train": {"epochs": 2}},

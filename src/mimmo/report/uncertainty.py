@@ -19,8 +19,8 @@ from mimmo.evaluation.ood import SCORES
 from mimmo.report.figures import _group_slug, _label, _save, _slug, sort_groups
 from mimmo.report.runs import Run, RunGroup
 from mimmo.report.stats import interval
+from mimmo.report.style import method_colour, method_marker
 from mimmo.report.tables import Cell, build_tables, row_label
-from mimmo.style import method_colour, method_marker
 
 UNCERTAINTY_FILE = "uncertainty.md"
 SCORE_NAMES = {"msp": "MSP", "entropy": "entropy", "energy": "energy", "mi_members": "MI members",
