@@ -97,7 +97,7 @@ def test_bad_ood_settings_are_one_line_with_status_2_and_leave_no_folder(tmp_pat
 
 
 def test_the_paper_mini_ood_grid_validates():
-    from mimmo.grid import load_grid, plan, validate
+    from mimmo.cli.grid import load_grid, plan, validate
 
     sweeps = plan(load_grid("paper_mini_ood"))
     runs = [run for sweep in sweeps for run in sweep]
