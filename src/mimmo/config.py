@@ -28,7 +28,7 @@ CONFIG_DIR = str(Path(__file__).parent / "configs")
 # keep the math; floating-point sums may round differently in the last digits.)
 NON_SEMANTIC_KEYS = ("output_dir", "data.root", "data.download", "train.progress_bar", "train.log_every_n_steps",
                      "train.accelerator", "train.devices", "train.num_nodes", "train.strategy", "train.threads",
-                     "train.channels_last", "train.compile", "train.cuda_graphs")
+                     "train.channels_last", "train.compile", "train.cuda_graphs", "train.loggers")
 
 # Run folder names: the overrides (Hydra's override_dirname) while they fit in this many bytes; a longer one
 # keeps its first bytes and ends in a hash of the whole name (file names may not exceed 255 bytes).

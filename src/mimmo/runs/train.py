@@ -38,10 +38,12 @@ from mimmo.runs.folder import (
     write_json_atomic,
     write_text_atomic,
 )
+from mimmo.runs.loggers import extra_loggers, finish_loggers
 from mimmo.runs.provenance import provenance
 from mimmo.runs.signals import Interrupted, SignalStop, StopAtBatchEnd, stop_on_signals
 from mimmo.training.build import build_normalizer, configure_threads, prepare_run
 from mimmo.training.ddp import DDP_LAUNCH_ENVIRONMENT, trainer_strategy
+from mimmo.training.loggers import check_loggers
 from mimmo.training.module import MethodModule
 
 log = logging.getLogger("mimmo")
@@ -98,10 +100,12 @@ def _fit_and_finish(cfg: DictConfig, run_dir: Path, splits: Splits, method: Meth
     normalizer = build_normalizer(cfg, splits.train.images)
     write_text_atomic(run_dir / CONFIG_FILE, config_text(cfg, dataset_identity(cfg.data)))
     module = MethodModule(method, normalizer, splits, cfg)
+    names = check_loggers(cfg.train.get("loggers", ["csv"]))
+    extras = extra_loggers(names, run_dir / LOG_DIR, run_dir.name) if is_rank_zero_launcher() else []
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
         num_nodes=cfg.train.num_nodes, strategy=trainer_strategy(cfg.train), precision=cfg.train.precision,
-        logger=ResumableCSVLogger(str(run_dir), name=LOG_DIR, version=""),
+        logger=[ResumableCSVLogger(str(run_dir), name=LOG_DIR, version=""), *extras],
         callbacks=[AtomicCheckpoint(dirpath=str(checkpoint.parent), filename=checkpoint.stem, save_top_k=1,
                                     enable_version_counter=False, save_on_train_epoch_end=True),
                    StopAtBatchEnd(stop)],
@@ -137,6 +141,7 @@ def _fit_and_finish(cfg: DictConfig, run_dir: Path, splits: Splits, method: Meth
     # Lightning moves the module to the CPU after fit; evaluate on the device it trained on (rank 0's).
     metrics = finish_run(run_dir, cfg, method, normalizer, splits, history, train_seconds,
                          trainer.strategy.root_device)
+    finish_loggers(extras, metrics, trainer.global_step)
     log.info("%s", run_summary(run_dir, metrics))
     return metrics
 

@@ -18,6 +18,7 @@ from mimmo.methods.base import Method, is_integer
 from mimmo.methods.registry import build_method
 from mimmo.models.backbone import backbone_input_shape
 from mimmo.models.registry import build_backbone_factory
+from mimmo.training.loggers import check_loggers
 from mimmo.training.recipe import graphs_capturable, setting, validate_recipe
 
 
@@ -95,6 +96,7 @@ def validate_training(cfg: DictConfig) -> None:
             raise ValueError(message)
     check_ood_config(cfg)  # evaluation.ood, evaluation.ood_sets (data.holdout_classes: dataset_shape, load_data)
     validate_recipe(train)
+    check_loggers(train.get("loggers", ["csv"]))  # a missing package is named with its extra, before any folder
     if train.get("cuda_graphs", "auto") is True and not graphs_capturable(train):
         raise ValueError(f"train.cuda_graphs=true needs train.optimizer=adam (torch's SGD step cannot be captured in "
                          f"a CUDA graph), got train.optimizer={setting(train, 'optimizer')}; use "

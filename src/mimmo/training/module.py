@@ -15,6 +15,7 @@ from mimmo.data.loader import BatchLoader
 from mimmo.evaluation.metrics import classification_metrics
 from mimmo.methods.base import Method, Progress
 from mimmo.training.build import channels_last_is_safe
+from mimmo.training.loggers import log_exit_weights
 from mimmo.training.recipe import build_optimizer, build_schedule, graphs_capturable, setting
 from mimmo.training.step import CudaGraphs, GraphBackend, TrainingStep, prepare_optimizer
 
@@ -179,6 +180,7 @@ class MethodModule(L.LightningModule):
         weights = self.method.exit_weights()
         if weights is not None:
             self.exit_weight_history.append(weights.cpu().tolist())
+            log_exit_weights(self.loggers, self.exit_weight_history[-1], self.global_step)  # for train.loggers
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int,
                         dataloader_idx: int = 0) -> None:
