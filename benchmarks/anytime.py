@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from mimmo.evaluation.anytime import DEFAULT_THRESHOLDS, anytime_sweep, within_accuracy
+from mimmo.evaluation.anytime import DEFAULT_THRESHOLDS, anytime_sweep, cheapest_within
 from mimmo.training import load_run, load_splits
 
 
@@ -57,7 +57,7 @@ def main() -> None:
     full_times = [r["full"]["seconds_per_image"] for r in rounds]
     table["full"]["seconds_per_image"] = statistics.median(full_times)
     table["full"]["seconds_per_image_rounds"] = full_times
-    chosen = within_accuracy(table, args.points)
+    chosen = cheapest_within(table["thresholds"], table["full"]["accuracy"], args.points)
     result = {
         "run": str(Path(args.run)), "method": cfg.method.name, "num_members": method.num_members,
         "num_exits": method.num_exits, "model": OmegaConf.to_container(cfg.model), "dataset": cfg.data.name,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mimmo.data.datasets import ImageSet, Normalizer
-from mimmo.evaluation.anytime import anytime_sweep, exit_costs, within_accuracy
+from mimmo.evaluation.anytime import anytime_sweep, cheapest_within, exit_costs
 from mimmo.evaluation.cost import count_cost, counting_flops
 from mimmo.evaluation.evaluate import Readout, predict, predict_readouts
 from mimmo.evaluation.pruning import pruned_cost, pruned_network, pruned_weights
@@ -138,9 +138,11 @@ def test_anytime_sweep_writes_one_row_per_threshold_and_ends_at_the_full_predict
     assert rows[-1]["accuracy"] == table["full"]["accuracy"] == (raw.argmax(1) == data.labels).float().mean().item()
     assert rows[-1]["nll"] == pytest.approx(table["full"]["nll"], abs=1e-5)
     assert all(sum(row["exit_fractions"]) == pytest.approx(1.0) and row["seconds_per_image"] > 0 for row in rows)
-    best = within_accuracy(table, points=100.0)
+    best = cheapest_within(rows, table["full"]["accuracy"], points=100.0)
     assert best is rows[0]  # everything is within 100 points: the cheapest row
-    assert within_accuracy({"full": {"accuracy": 1.0}, "thresholds": [{"flops": 1, "accuracy": 0.5}]}) is None
+    assert cheapest_within([{"flops": 1, "accuracy": 0.5}], 1.0) is None
+    tied = [{"flops": 2, "accuracy": 0.9}, {"flops": 1, "accuracy": 0.8}, {"flops": 1, "accuracy": 0.85}]
+    assert cheapest_within(tied, 0.9, points=10.0) is tied[2]  # equally cheap: the more accurate
 
 
 # --------------------------------------------------------------------------------------------- pruning

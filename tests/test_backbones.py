@@ -11,7 +11,7 @@ from torch import nn
 from mimmo.cli import main
 from mimmo.config import compose
 from mimmo.evaluation.cost import count_cost
-from mimmo.methods.registry import DISPLAY_NAMES, METHODS, build_method, method_options
+from mimmo.methods.registry import METHODS, build_method, display_name, method_options
 from mimmo.models import (
     BACKBONES,
     MLPFactory,
@@ -132,7 +132,8 @@ def _progress():
 # ---------------------------------------------------------------------------------- cost, counted by hand
 
 def conv(c_in: int, c_out: int, kernel: int, side: int, bias: bool = False) -> int:
-    """A conv's FLOPs (SPEC §7): one per multiply-add, one per output for a bias, at output side ``side``."""
+    """A conv's FLOPs (docs/method.md, "The paper's cost convention"): one per multiply-add, one per output for a
+    bias, at output side ``side``."""
     return (c_in * kernel * kernel + bias) * c_out * side * side
 
 
@@ -180,4 +181,4 @@ def test_cost_table_prints_every_methods_columns_for_a_wrn_on_cifar100(capsys):
     out = capsys.readouterr().out
     assert "cifar100 (3, 32, 32), 100 classes" in out and "'name': 'wrn'" in out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "FLOPs" not in line]
-    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == [DISPLAY_NAMES[m] for m in METHODS]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == [display_name(m) for m in METHODS]

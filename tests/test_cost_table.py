@@ -1,4 +1,4 @@
-"""The cost columns of the paper's Tables 1-3 (SPEC §8), reproduced by the counter for every method."""
+"""The cost columns of the paper's Tables 1-3, reproduced by the counter for every method."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from mimmo.evaluation.cost_table import cost_table, format_cost_table
 from mimmo.methods.registry import METHODS, build_method, method_options
 from mimmo.models import MLPFactory
 
-# SPEC §8 as printed: method -> {M: (FLOPs [M], params [M])}; strings keep the printed precision.
+# The paper's Tables 1-3 as printed: method -> {M: (FLOPs [M], params [M])}; strings keep the printed precision.
 PAPER = {
     "base": {2: ("109.85", "1.76"), 4: ("109.85", "1.76"), 8: ("109.85", "1.76")},
     "ensemble": {2: ("219.7", "3.51"), 4: ("439.4", "7.02"), 8: ("878.8", "14.05")},
@@ -53,7 +53,7 @@ def test_cost_matches_the_paper(tables, name, num_members):
 
 
 def test_exact_counts(tables):
-    """Counts that follow from the architecture (SPEC §1, §5, §7), to the unit."""
+    """Counts that follow from the architecture (docs/method.md), to the unit."""
     row = tables[2]
     base_flops, base_params = 109_852_872, 1_756_340
     assert (row["base"]["flops"], row["base"]["params"]) == (base_flops, base_params)

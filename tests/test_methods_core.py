@@ -1,4 +1,4 @@
-"""Base, MIMO, MIMMO and MIMMO-γ (SPEC §2–4): shapes, layouts, repetition, θ, KL, loss, reductions."""
+"""Base, MIMO, MIMMO and MIMMO-γ (docs/method.md): shapes, layouts, repetition, θ, KL, loss, reductions."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def build(name: str, num_members: int = 3, **options) -> torch.nn.Module:
 
 
 def exact_num_shuffled(total: int, rho: Fraction) -> int:
-    """n = floor(B'(1 - rho)) in exact arithmetic (SPEC §3)."""
+    """n = floor(B'(1 - rho)) in exact arithmetic (docs/method.md, "Multi-input training")."""
     return math.floor(total * (1 - rho))
 
 
@@ -294,7 +294,8 @@ def test_kl_matches_a_hand_computed_value():
 
 def spec_loss(method: MIMMO, inputs: torch.Tensor, targets: torch.Tensor, theta: torch.Tensor,
               num_train: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SPEC §4 from the network's parts: data term, KL and (1/B') sum θ NLL + (α/N) KL."""
+    """docs/method.md, "MIMMO: loss and mixture", from the network's parts: data term, KL and (1/B') sum θ NLL +
+    (α/N) KL."""
     network = method.network
     rows, members = targets.shape
     features = network.backbone.features(inputs)

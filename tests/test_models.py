@@ -1,4 +1,5 @@
-"""The paper's bottleneck ResNet (SPEC §1): exact cost, stage shapes, block structure, validation."""
+"""The paper's bottleneck ResNet (docs/method.md, "Backbones and exits"): exact cost, stage shapes, block structure,
+validation."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def test_blocks_are_bottlenecks_with_a_projection_on_the_first_block_of_every_st
 
 
 def test_first_block_projects_even_when_the_widths_already_match():
-    # stem 64 channels = stage 1's output 4p: SPEC §1 still puts a projection on the first block
+    # stem 64 channels = stage 1's output 4p: the paper's ResNet still puts a projection on the first block
     backbone = ResNetFactory(ResNetConfig(layers=(2, 1), planes=(16, 8), strides=(1, 1), stem_channels=64))(3, 10)
     first, second = backbone.stages[0]
     assert first.shortcut[0].in_channels == first.shortcut[0].out_channels == 64

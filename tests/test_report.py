@@ -10,10 +10,9 @@ import math
 from pathlib import Path
 
 import pytest
-import yaml
+from fake_runs import PNG_MAGIC, results, write_run
 
 from mimmo.cli import main
-from mimmo.data.shifts import set_name, shifted_sets
 from mimmo.report import report
 from mimmo.report.figures import (
     alpha_ablation_figure,
@@ -29,80 +28,6 @@ from mimmo.report.figures import (
 from mimmo.report.runs import NonFiniteMetricsWarning, SkippedRunsWarning, group_runs, load_runs, mean_std
 from mimmo.report.stats import interval, paired, provenance_markdown, t_quantile_975
 from mimmo.report.tables import build_tables, row_label, to_csv, to_latex, to_markdown, write_tables
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def config(method: str, num_members: int, seed: int, **overrides) -> dict:
-    cfg = {"seed": seed, "output_dir": f"/runs/{method}/{seed}",
-           "method": {"name": method, "num_members": num_members, "alpha": 1.0},
-           "model": {"name": "resnet", "layers": [1, 2, 3, 1], "planes": [16, 32, 64, 128], "width": 1.0},
-           "data": {"name": "embedded", "root": None},
-           "train": {"epochs": 2, "batch_size": 64, "lr": 0.005}}
-    for key, value in overrides.items():
-        section, name = key.split("__")
-        cfg[section][name] = value
-    return cfg
-
-
-def write_run(folder: Path, method: str, num_members: int, seed: int, test: dict, shifted_accuracy: float,
-              flops: int, params: int, num_exits: int = 1, **overrides) -> Path:
-    """A run folder as the training code writes it: metrics.json and config.yaml."""
-    folder.mkdir(parents=True)
-    cfg = config(method, num_members, seed, **overrides)
-    sets = {}
-    for i, (kind, level) in enumerate(shifted_sets()):
-        scale = 1.0 - 0.03 * i
-        sets[set_name(kind, level)] = {"accuracy": test["accuracy"] * scale, "nll": test["nll"] / scale,
-                                       "ece": test["ece"] / scale, "brier": test["brier"] / scale,
-                                       "entropy": 1.0}
-    reliability = {"edges": [i / 15 for i in range(16)], "confidence": [(i + 0.5) / 15 for i in range(15)],
-                   "accuracy": [min(1.0, (i + 0.5) / 15 * 0.8) for i in range(15)], "count": [10] * 15}
-    metrics = {
-        "format_version": 1, "method": method, "dataset": "embedded", "num_members": num_members,
-        "num_exits": num_exits, "seed": seed, "config": cfg,
-        "test": {**test, "entropy": 1.0, "reliability": reliability},
-        "validation": dict(test),
-        "shifted": {"summary": {"accuracy": {"mean": shifted_accuracy, "std": 0.1},
-                                "nll": {"mean": 2 * test["nll"], "std": 1.0},
-                                "ece": {"mean": 2 * test["ece"], "std": 0.1},
-                                "brier": {"mean": 1.5 * test["brier"], "std": 0.001}},
-                    "sets": sets},
-        "cost": {"flops": flops, "params": params},
-        "exit_weights": None, "exit_weights_history": None, "feature_reuse": None,
-        "time": {"train_seconds": 1.0, "evaluate_seconds": 1.0},
-    }
-    if num_exits > 1:
-        weights = [[0.1 + 0.05 * m, 0.2, 0.3, 0.4 - 0.05 * m] for m in range(num_members)]
-        metrics["exit_weights"] = [list(row) for row in zip(*weights, strict=True)]  # (D, M)
-        metrics["exit_weights_history"] = [[[0.25] * num_members] * 4, metrics["exit_weights"]]
-    if num_members > 1:
-        metrics["feature_reuse"] = {
-            "input": {"profiles": [[1.0, 0.5, 0.2, 0.9]] * num_members, "overlap": 0.8},
-            "output": {"profiles": [[(i % 7) / 6 for i in range(100)]] * num_members, "overlap": 0.6}}
-    (folder / "metrics.json").write_text(json.dumps(metrics))
-    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
-    return folder
-
-
-def results(accuracy: float, nll: float, ece: float, brier: float) -> dict:
-    return {"accuracy": accuracy, "nll": nll, "ece": ece, "brier": brier}
-
-
-@pytest.fixture
-def runs_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "runs"
-    base_cost = (109_852_872, 1_756_340)
-    write_run(root / "base" / "0", "base", 1, 0, results(0.50, 3.96, 0.36, 0.0078), 0.24, *base_cost)
-    write_run(root / "base" / "1", "base", 1, 1, results(0.54, 3.92, 0.36, 0.0082), 0.26, *base_cost)
-    write_run(root / "mimo" / "0", "mimo", 2, 0, results(0.47, 3.53, 0.22, 0.00752), 0.21, 110_350_000,
-              1_810_000)
-    write_run(root / "mimmo" / "0", "mimmo", 2, 0, results(0.60, 1.49, 0.14, 0.00520), 0.31, 172_820_000,
-              2_040_000, num_exits=4)
-    write_run(root / "mimmo" / "1", "mimmo", 2, 1, results(0.62, 1.51, 0.14, 0.00524), 0.33, 172_820_000,
-              2_040_000, num_exits=4)
-    return root
-
 
 EXPECTED_TABLE = """\
 ### embedded, M = 2
@@ -230,7 +155,7 @@ def test_incomplete_and_invalid_folders_are_skipped_and_named(runs_dir: Path, tm
         runs = load_runs([runs_dir, missing])
     assert len(runs) == 5
     message = str(record[0].message)
-    for name in ("crashed", "broken", "old", "nowhere", "format_version 0", "unreadable"):
+    for name in ("crashed", "broken", "old", "nowhere", "format_version 0", "is not valid JSON"):
         assert name in message
     with pytest.warns(SkippedRunsWarning), pytest.raises(ValueError, match="no valid run"):
         load_runs([runs_dir / "crashed"])

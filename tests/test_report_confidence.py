@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_report import write_run
+from fake_runs import write_run
 
 from mimmo.report import report
 from mimmo.report.confidence import confidence_markdown

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_report import PNG_MAGIC, write_run
+from fake_runs import PNG_MAGIC, write_run
 
 from mimmo.report import report
 from mimmo.report.convergence import convergence_markdown, held_out_nll, loss_change, loss_fall_share, theta_change

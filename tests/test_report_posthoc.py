@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_report import PNG_MAGIC, write_run
+from fake_runs import PNG_MAGIC, write_run
 
 from mimmo.report import report
 from mimmo.report.posthoc import anytime_figure, cheapest_within, posthoc_markdown

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import importlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,12 @@ def test_only_the_package_face_and_the_config_are_loose_at_the_top():
     assert loose == ["__init__.py", "config.py"]
     assert set(LAYERS) - {"mimmo", "config"} == {path.name for path in PACKAGE.iterdir()
                                                  if (path / "__init__.py").is_file()}
+
+
+def test_the_config_and_the_command_line_import_without_torch():
+    """``mimmo --help`` and a grid's planning stay fast: torch is imported only by the commands that need it."""
+    code = "import sys, mimmo.config, mimmo.cli.grid, mimmo.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_the_config_module_does_not_import_torch():

@@ -1,4 +1,4 @@
-"""The 25 shifted test sets: 5 shifts x 5 levels, applied to [0, 1] images before normalisation (SPEC §7).
+"""The 25 shifted test sets: 5 shifts x 5 levels, applied to [0, 1] images before normalisation.
 
 Every shift is batched and runs on the images' device. The only randomness, the direction of each
 image's translation, is a pure function of (seed, level, image index), so a shifted set is the same for
@@ -14,7 +14,7 @@ every seed-equal call and every batch size.
 - brightness: x * level;
 - contrast: (x - mean) * level + mean with the image's grey-level mean;
 - pixelate: resize to round(level * size) and back, nearest sampling both ways (the paper's "amble",
-  unresolved; SPEC §7 takes pixelate).
+  unresolved; this implementation takes pixelate).
 
 Results are clamped to [0, 1].
 """

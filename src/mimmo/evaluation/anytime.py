@@ -22,6 +22,7 @@ from mimmo.evaluation.evaluate import method_device
 from mimmo.evaluation.metrics import classification_metrics
 from mimmo.methods.base import Method, mixture_log_probs
 from mimmo.methods.exits import PrunedExits, StagedExits, check_threshold, used_exits
+from mimmo.methods.registry import exit_methods
 
 DEFAULT_THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
 ANYTIME_METRICS = ("accuracy", "nll", "ece")
@@ -38,7 +39,7 @@ def exit_costs(method: Method, input_shape: tuple[int, ...], weights: Tensor | N
     That prediction runs the stem, stages 0..i, the used exits' adapters and heads up to i and their softmaxes:
     it is the cost counter's count of the network truncated after exit i."""
     if not isinstance(method, StagedExits):
-        raise TypeError(f"{method.name} has no early exits; exit costs are for mimmo, mimmo_gamma, dun, early_exit")
+        raise TypeError(f"{method.name} has no early exits; exit costs are for {', '.join(exit_methods())}")
     weights = (method.prediction_weights() if weights is None else weights).detach().float().cpu()
     used = used_exits(weights)
     costs: list[int | None] = []
@@ -86,7 +87,7 @@ def anytime_sweep(method: Method, data: ImageSet, normalizer: Normalizer,
     """
     if not is_exit_method(method):
         raise TypeError(f"{method.name} has no early exits to stop at; anytime inference is for the exit methods "
-                        "(mimmo, mimmo_gamma, dun, early_exit)")
+                        f"({', '.join(exit_methods())})")
     thresholds = [check_threshold(t) for t in thresholds]
     if not thresholds:
         raise ValueError("give at least one anytime threshold")
@@ -124,9 +125,8 @@ def anytime_sweep(method: Method, data: ImageSet, normalizer: Normalizer,
             "batch_size": batch_size, "device": str(device), "threads": torch.get_num_threads()}
 
 
-def within_accuracy(table: dict, points: float = 0.5) -> dict | None:
-    """The cheapest row (lowest mean FLOPs) whose accuracy is within ``points`` percentage points of the full
-    prediction's; None when no row is."""
-    full = table["full"]["accuracy"]
-    rows = [row for row in table["thresholds"] if row["accuracy"] >= full - points / 100.0 - 1e-12]
-    return min(rows, key=lambda row: (row["flops"], -row["accuracy"])) if rows else None
+def cheapest_within(rows: Sequence[dict], full_accuracy: float, points: float = 0.5) -> dict | None:
+    """The cheapest of an anytime sweep's threshold ``rows`` (lowest mean FLOPs, then the most accurate) whose
+    accuracy is within ``points`` percentage points of ``full_accuracy``; None when no row is."""
+    within = [row for row in rows if row["accuracy"] >= full_accuracy - points / 100.0 - 1e-12]
+    return min(within, key=lambda row: (row["flops"], -row["accuracy"])) if within else None

@@ -1,4 +1,5 @@
-"""FLOPs and parameters of one test-time prediction in the paper's convention (SPEC §7).
+"""FLOPs and parameters of one test-time prediction in the paper's convention (docs/method.md, "The paper's cost
+convention").
 
 Rules: conv and linear (grouped ones included) count one per multiply-add plus one per output for a bias;
 BatchEnsemble's fast weights one per element they scale, its member bias one per output; BatchNorm 2 per

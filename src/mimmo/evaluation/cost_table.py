@@ -1,4 +1,4 @@
-"""The cost columns of the paper's tables: FLOPs and parameters of every method for one M (SPEC §8).
+"""The cost columns of the paper's tables: FLOPs and parameters of every method for one M (Tables 1-3).
 
 Methods with an ensemble size take ``num_members``; the others use their own defaults (MC Dropout 10
 samples; Base, DUN and EE do not depend on M).

@@ -1,4 +1,4 @@
-"""Evaluate a trained method on a test set and on its 25 shifted versions (SPEC §7).
+"""Evaluate a trained method on a test set and on its 25 shifted versions.
 
 Images stay uint8 until a batch is on the device; there each batch is turned into [0, 1] floats,
 shifted, normalised and predicted under ``torch.inference_mode`` in eval mode. Only the mixture's log
@@ -142,12 +142,6 @@ def predict(method: nn.Module, images_u8: Tensor, normalizer: Normalizer, batch_
             device: torch.device | str | None = None, transform: Transform | None = None) -> SetPrediction:
     """The method's own predictions of a uint8 image set (N, C, H, W); see :func:`predict_readouts`."""
     return predict_readouts(method, images_u8, normalizer, {"raw": RAW}, batch_size, device, transform)["raw"]
-
-
-def predict_log_probs(method: nn.Module, images_u8: Tensor, normalizer: Normalizer, batch_size: int = 500,
-                      device: torch.device | str | None = None, transform: Transform | None = None) -> Tensor:
-    """The predictive mixture's log probabilities (N, K) on the CPU; see :func:`predict`."""
-    return predict(method, images_u8, normalizer, batch_size, device, transform).log_probs
 
 
 def predict_logits(method: nn.Module, images_u8: Tensor, normalizer: Normalizer, batch_size: int = 500,

@@ -1,4 +1,5 @@
-"""Metrics of the predictive mixture over a whole set (SPEC §7), of its members and of its exits.
+"""Metrics of the predictive mixture over a whole set (docs/method.md, "One output shape for every method"), of its
+members and of its exits.
 
 The mixture metrics take ``log_probs`` (N, K), the log of the predictive mixture, and integer
 ``targets`` (N,). The member metrics take each member's own mixture over its exits, (N, M, K); the exit

@@ -1,4 +1,4 @@
-"""Feature-reuse probe (paper B.1, SPEC §7): do the members read the same stem features and write
+"""Feature-reuse probe (paper B.1): do the members read the same stem features and write
 through the same penultimate features?
 
 Per member, the L1 norm of the stem weights per output channel (that member's input slice) and of the

@@ -16,6 +16,7 @@ from torch import Tensor
 from mimmo.evaluation.cost import count_cost
 from mimmo.methods.base import Method
 from mimmo.methods.exits import PrunedExits, StagedExits, prune_weights, used_exits
+from mimmo.methods.registry import exit_methods
 
 
 def can_prune(method: Method) -> bool:
@@ -26,8 +27,7 @@ def can_prune(method: Method) -> bool:
 def pruned_weights(method: Method, eps: float) -> Tensor:
     """The method's prediction weights (D, M) pruned at ``eps``; TypeError for a method without exits."""
     if not can_prune(method):
-        raise TypeError(f"{method.name} has no exits to prune; exits are pruned for mimmo, mimmo_gamma, dun and "
-                        "early_exit")
+        raise TypeError(f"{method.name} has no exits to prune; exits are pruned for {', '.join(exit_methods())}")
     return prune_weights(method.prediction_weights().detach().cpu(), eps)  # type: ignore[attr-defined]
 
 

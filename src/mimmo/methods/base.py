@@ -1,4 +1,5 @@
-"""What every method is: a network returning logits (B, D, M, K) and a weight table (D, M) (SPEC §2).
+"""What every method is: a network returning logits (B, D, M, K) and a weight table (D, M) (docs/method.md, "One
+output shape for every method").
 
 The predictive distribution is the mixture in probability space
 
@@ -92,7 +93,19 @@ class Method(nn.Module):
     shape of the logits.
     """
 
-    name: str = "method"
+    name: str = "method"  # the config's method.name (``method=<name>``)
+    # How reports show the method: its name in tables and figures ("" shows ``name``), and the matplotlib colour
+    # and marker every figure draws it with.
+    display_name: str = ""
+    colour: str = "black"
+    marker: str = "o"
+    # Whether M is an ensemble size, so that the report makes one table per M (False: the method's rows join every
+    # table, as M is 1 or counts something else, such as MC Dropout's samples).
+    tabulated_by_members: bool = False
+    # Whether it has early exits (anytime prediction, exit pruning; set by :class:`~mimmo.methods.exits.StagedExits`)
+    # and learns the weights over them (the report shows how they converge).
+    has_exits: bool = False
+    learns_exit_weights: bool = False
     num_members: int = 1
     num_exits: int = 1
     num_classes: int
@@ -125,8 +138,10 @@ class Method(nn.Module):
 
     def predict_anytime(self, x: Tensor, threshold: float) -> object:
         """Anytime prediction (see :mod:`mimmo.methods.exits`): only the exit methods have it."""
+        from mimmo.methods.registry import exit_methods
+
         raise TypeError(f"{self.name} has no early exits to stop at; anytime prediction is for the exit methods "
-                        "(mimmo, mimmo_gamma, dun, early_exit)")
+                        f"({', '.join(exit_methods())})")
 
     def exit_weights(self) -> Tensor | None:
         """The learned weights over exits (D, M), or None if the method has none to learn."""
@@ -150,6 +165,7 @@ class Base(Method):
     """A single network trained with cross-entropy: D = M = 1."""
 
     name = "base"
+    display_name, colour, marker = "Base", "tab:gray", "o"
 
     def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int) -> None:
         super().__init__()

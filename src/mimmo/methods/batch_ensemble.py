@@ -36,6 +36,8 @@ class BatchEnsemble(Method):
     """One backbone with per-member rank-1 fast weights; logits (B, 1, M, K), uniform weights."""
 
     name = "batch_ensemble"
+    display_name, colour, marker = "BatchEnsemble", "goldenrod", "d"
+    tabulated_by_members = True
 
     def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int, num_members: int = 2,
                  fast_weight_init: str = "normal") -> None:

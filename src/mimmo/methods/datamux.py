@@ -1,5 +1,5 @@
 """DataMUX (Murahari et al., 2022) in the MIMO setting: learned per-member input coders and separate
-output heads (SPEC §5).
+output heads (docs/method.md, "The baselines' choices").
 
 Member m's input passes its own coder (conv3x3 C->C, no bias, BN, ReLU; for flat inputs Linear C->C, no
 bias, BN1d, ReLU); the M codes are concatenated along channels into the backbone's stem (M*C inputs). The
@@ -30,6 +30,8 @@ class DataMUX(MultiInputMethod):
     """Per-member coders -> shared backbone -> per-member heads; logits (B, 1, M, K)."""
 
     name = "datamux"
+    display_name, colour, marker = "DataMUX", "tab:purple", "X"
+    tabulated_by_members = True
 
     def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int, num_members: int = 2,
                  repetitions: int = 2, input_repetition: float = 0.25) -> None:

@@ -1,4 +1,5 @@
-"""Depth Uncertainty Networks (Antorán et al., 2020) as the paper runs them: MIMMO with M = 1 (SPEC §5).
+"""Depth Uncertainty Networks (Antorán et al., 2020) as the paper runs them: MIMMO with M = 1 (docs/method.md, "The
+baselines' choices").
 
 The same exit adapters after every stage but the last, the shared head, a learned distribution theta
 over the D exits with prior gamma, the loss (1/B) sum_b sum_i theta_i NLL(b, i) + (alpha/N) KL(theta||gamma)
@@ -19,6 +20,9 @@ class DUN(MIMMO):
     """MIMMO with one member, R = 1 and rho = 0: logits (B, D, 1, K), weights theta (D, 1)."""
 
     name = "dun"
+    display_name, colour, marker = "DUN", "tab:olive", "v"
+    tabulated_by_members = False
+    learns_exit_weights = True
 
     def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int, alpha: float = 1.0,
                  warm_start_epochs: int = 0, prior: Sequence | Tensor | None = None,

@@ -1,4 +1,5 @@
-"""Early exits (EE): a classifier after every stage, trained jointly, averaged uniformly (SPEC §5).
+"""Early exits (EE): a classifier after every stage, trained jointly, averaged uniformly (docs/method.md, "The
+baselines' choices").
 
 Exit i = 1..D-1 reads stage i's output: global average pool (convolutional stages only) -> Linear(C_i, h_i)
 -> ReLU -> Linear(h_i, K), with h_i = floor((1+gamma)^((D-i)/2) * F) so the shallowest exit is the widest.
@@ -42,6 +43,7 @@ class EarlyExit(StagedExits, Method):
     """A backbone with its own classifier after every stage but the last; logits (B, D, 1, K)."""
 
     name = "early_exit"
+    display_name, colour, marker = "EE", "tab:cyan", "^"
 
     def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int, gamma: float = 0.3,
                  alpha: float = 1.0) -> None:

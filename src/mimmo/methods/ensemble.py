@@ -1,4 +1,5 @@
-"""Deep Ensemble (Lakshminarayanan et al., 2017): M independently initialised networks (SPEC §5).
+"""Deep Ensemble (Lakshminarayanan et al., 2017): M independently initialised networks (docs/method.md, "The
+baselines' choices").
 
 Every member trains on the whole training set with its own data order. The loader delivers that as
 ``data_streams = M`` independent shuffles of the training set: a training batch is x (B, M, C, ...) and
@@ -21,6 +22,8 @@ class Ensemble(Method):
     """M separate backbones; logits (B, 1, M, K), weights ones (1, M)."""
 
     name = "ensemble"
+    display_name, colour, marker = "Ensemble", "tab:brown", "s"
+    tabulated_by_members = True
 
     def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int,
                  num_members: int = 2) -> None:

@@ -44,6 +44,7 @@ class StagedExits:
     and then every stage with ``compute_exit=True`` must give the logits of :meth:`forward`, exit by exit.
     """
 
+    has_exits = True
     num_exits: int
     num_members: int
 

@@ -1,4 +1,5 @@
-"""MC Dropout (Gal & Ghahramani, 2016): dropout that stays on at test, averaged over samples (SPEC §5).
+"""MC Dropout (Gal & Ghahramani, 2016): dropout that stays on at test, averaged over samples (docs/method.md, "The
+baselines' choices").
 
 Element-wise dropout with rate p sits right before every Conv2d and Linear of the backbone except the
 stem's first layer (the raw input is never dropped). Training uses one stochastic pass; a prediction
@@ -47,6 +48,7 @@ class MCDropout(Method):
     """One backbone with always-on dropout; logits (B, 1, S, K) over S = num_samples passes."""
 
     name = "mc_dropout"
+    display_name, colour, marker = "MC Dropout", "tab:pink", "D"
 
     def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int, p: float = 0.15,
                  num_samples: int = 10) -> None:

@@ -1,5 +1,5 @@
 """MIMMO (Ferianc & Rodrigues, 2023): MIMO whose members also predict from early exits, weighted by a
-learned per-member distribution over depth theta with a prior gamma (SPEC §4).
+learned per-member distribution over depth theta with a prior gamma (docs/method.md, "MIMMO: loss and mixture").
 
 Exit i < D maps stage i's output through an adapter (conv1x1 -> BN -> ReLU -> pool) to the width F of
 the final layer and reuses the shared head Linear(F, M*K). The loss is the negative ELBO per data point
@@ -83,6 +83,9 @@ class MIMMO(StagedExits, MultiInputMethod):
     """MIMO plus early exits and learned per-member depth weights theta (D, M)."""
 
     name = "mimmo"
+    display_name, colour, marker = "MIMMO", "tab:red", "*"
+    tabulated_by_members = True
+    learns_exit_weights = True
 
     def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int, num_members: int = 2,
                  repetitions: int = 2, input_repetition: float = 0.25, alpha: float = 1.0,
@@ -183,6 +186,8 @@ class MIMMOGamma(MIMMO):
     """MIMMO-gamma: theta is the prior for the whole run (the exit weights are never learned)."""
 
     name = "mimmo_gamma"
+    display_name, colour, marker = "MIMMO-γ", "tab:orange", "<"
+    learns_exit_weights = False
 
     def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int, num_members: int = 2,
                  repetitions: int = 2, input_repetition: float = 0.25,

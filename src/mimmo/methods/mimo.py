@@ -77,6 +77,8 @@ class MIMO(MultiInputMethod):
     """MIMO: one backbone with an M*C-channel stem and an M*K-unit head; loss sum_m mean_b NLL."""
 
     name = "mimo"
+    display_name, colour, marker = "MIMO", "tab:blue", "P"
+    tabulated_by_members = True
 
     def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int, num_members: int = 2,
                  repetitions: int = 2, input_repetition: float = 0.25) -> None:

@@ -1,9 +1,10 @@
-"""MixMo (Ramé et al., 2021): M separate input encoders, their features mixed, MIMO's shared rest (SPEC §5).
+"""MixMo (Ramé et al., 2021): M separate input encoders, their features mixed, MIMO's shared rest (docs/method.md,
+"The baselines' choices").
 
 Member m's input passes its own copy of the stem's first layer (conv3x3 C->16 for the ResNet, member 0
 uses the backbone's own); the M feature maps are mixed, then the rest of the stem, the stages and the
 shared head Linear(F, M*K) follow. Mixing the first layer's outputs keeps FLOPs and parameters equal to
-MIMO's, as in the authors' code and the paper's cost table (SPEC §8).
+MIMO's, as in the authors' code and the paper's cost table (Tables 1-3).
 
 Training (batch repetition R, no input repetition): per sample kappa ~ Dirichlet(alpha*1_M). Per batch,
 with probability p (p0, decaying linearly to 0 over the last ``decay_fraction`` of training) CutMix
@@ -99,6 +100,8 @@ class MixMo(MultiInputMethod):
     """M encoders, mixed features, MIMO's shared network and head; logits (B, 1, M, K)."""
 
     name = "mixmo"
+    display_name, colour, marker = "MixMo", "tab:green", "h"
+    tabulated_by_members = True
 
     def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int, num_members: int = 2,
                  repetitions: int = 2, dirichlet_alpha: float = 2.0, cutmix_probability: float = 0.5,

@@ -82,6 +82,8 @@ class PackedEnsemble(Method):
     """M members as the groups of one wide grouped network; logits (B, 1, M, K), uniform weights."""
 
     name = "packed_ensemble"
+    display_name, colour, marker = "Packed-Ensembles", "navy", "p"
+    tabulated_by_members = True
 
     def __init__(self, backbone: BackboneFactory, in_channels: int, num_classes: int, num_members: int = 2,
                  alpha: float = 2.0, gamma: int = 2) -> None:

@@ -1,7 +1,8 @@
-"""Method names as used in configs (``method=<name>``), their display names, and how to build one from a config.
+"""Method names as used in configs (``method=<name>``) and how to build one from a config.
 
-This is the one method catalogue: the training loop, ``mimmo cost --table`` and the reports take the methods,
-their order (the paper's rows) and their display names from here."""
+This is the one method catalogue: the training loop, ``mimmo cost --table`` and the reports take the methods and
+their order (the paper's rows) from here, and what else they show of a method from its class attributes
+(:class:`~mimmo.methods.Method`: display name, colour and marker, tabulated by M, exits)."""
 
 from __future__ import annotations
 
@@ -23,43 +24,32 @@ from mimmo.methods.packed_ensemble import PackedEnsemble
 from mimmo.models.backbone import BackboneFactory
 
 # In the paper's row order; the efficient ensembles it does not have follow the Ensemble.
-METHODS: dict[str, type[Method]] = {
-    "base": Base,
-    "ensemble": Ensemble,
-    "batch_ensemble": BatchEnsemble,
-    "packed_ensemble": PackedEnsemble,
-    "mc_dropout": MCDropout,
-    "dun": DUN,
-    "early_exit": EarlyExit,
-    "mimo": MIMO,
-    "datamux": DataMUX,
-    "mixmo": MixMo,
-    "mimmo_gamma": MIMMOGamma,
-    "mimmo": MIMMO,
-}
-
-# How tables and figures name each method (a method without an entry is shown by its config name).
-DISPLAY_NAMES: dict[str, str] = {
-    "base": "Base", "ensemble": "Ensemble", "batch_ensemble": "BatchEnsemble", "packed_ensemble": "Packed-Ensembles",
-    "mc_dropout": "MC Dropout", "dun": "DUN", "early_exit": "EE",
-    "mimo": "MIMO", "datamux": "DataMUX", "mixmo": "MixMo", "mimmo_gamma": "MIMMO-γ", "mimmo": "MIMMO",
-}
+METHODS: dict[str, type[Method]] = {method.name: method for method in (
+    Base, Ensemble, BatchEnsemble, PackedEnsemble, MCDropout, DUN, EarlyExit, MIMO, DataMUX, MixMo, MIMMOGamma, MIMMO,
+)}
 
 
-def register_method(name: str, method: type[Method], display_name: str | None = None) -> None:
-    """Make ``method=<name>`` build ``method`` (a config ``configs/method/<name>.yaml`` gives its options)."""
-    if not name or not isinstance(name, str):
-        raise ValueError(f"a method name must be a non-empty string, got {name!r}")
+
+def register_method(method: type[Method]) -> None:
+    """Make ``method=<method.name>`` build ``method`` (a config ``configs/method/<name>.yaml`` gives its options);
+    its class attributes say how reports show it (:class:`~mimmo.methods.Method`)."""
     if not (isinstance(method, type) and issubclass(method, Method)):
-        raise TypeError(f"method {name!r} must be a subclass of mimmo.methods.Method, got {method!r}")
-    METHODS[name] = method
-    if display_name is not None:
-        DISPLAY_NAMES[name] = display_name
+        raise TypeError(f"a registered method must be a subclass of mimmo.methods.Method, got {method!r}")
+    if not method.name or not isinstance(method.name, str) or method.name == Method.name:
+        raise ValueError(f"{method.__name__}.name must be the method's config name (a non-empty string other than "
+                         f"{Method.name!r}), got {method.name!r}")
+    METHODS[method.name] = method
 
 
 def display_name(name: str) -> str:
-    """The name tables and figures show for method ``name``."""
-    return DISPLAY_NAMES.get(name, name)
+    """The name tables and figures show for method ``name`` (``name`` itself for a method not registered)."""
+    method = METHODS.get(name)
+    return method.display_name or name if method is not None else name
+
+
+def exit_methods() -> list[str]:
+    """The registered methods with early exits, in the catalogue's order."""
+    return [name for name, method in METHODS.items() if method.has_exits]
 
 
 def method_options(name: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""Forming a multi-input training batch: batch repetition R and input repetition rho (SPEC §3)."""
+"""Forming a multi-input training batch: batch repetition R and input repetition rho (docs/method.md, "Multi-input
+training")."""
 
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ fits: subclass :class:`Backbone`, fill the four attributes, and pass a factory t
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -370,9 +369,6 @@ def first_layer(module: nn.Module) -> nn.Module:
         if isinstance(layer, nn.Conv2d | nn.Linear):
             return layer
     raise TypeError(f"{type(module).__name__} contains no Conv2d or Linear layer")
-
-
-FactoryFn = Callable[[int, int], Backbone]
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from mimmo.models.wrn import WideResNetFactory
 
 def resnet(layers: Sequence[int] = (1, 2, 3, 1), planes: Sequence[int] = (16, 32, 64, 128),
            strides: Sequence[int] = (1, 2, 2, 2), stem_channels: int = 16, width: float = 1.0) -> ResNetFactory:
-    """The paper's bottleneck ResNet (SPEC §1)."""
+    """The paper's bottleneck ResNet (docs/method.md, "Backbones and exits")."""
     return ResNetFactory(ResNetConfig(layers=tuple(layers), planes=tuple(planes), strides=tuple(strides),
                                       stem_channels=stem_channels, width=width))
 

@@ -1,4 +1,4 @@
-"""The paper's CIFAR backbone: a bottleneck ResNet with four stages (SPEC §1).
+"""The paper's CIFAR backbone: a bottleneck ResNet with four stages (docs/method.md, "Backbones and exits").
 
 Defaults give the paper's network: layers (1,2,3,1), planes (16,32,64,128), inner width 2p, output
 width 4p, a projection shortcut on the first block of every stage, no stem pooling. With 3x32x32 inputs

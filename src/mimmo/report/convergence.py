@@ -21,6 +21,7 @@ import numpy as np
 
 from mimmo.report.figures import training_curves
 from mimmo.report.runs import Run, RunGroup
+from mimmo.report.style import learns_exit_weights
 from mimmo.report.tables import build_tables, row_label
 
 CONVERGENCE_FILE = "convergence.md"
@@ -31,7 +32,7 @@ LOSS_WINDOW = 0.1  # the loss's last window against the one before
 def theta_change(run: Run, window: float = THETA_WINDOW) -> float | None:
     """Largest range of an exit weight over the last ``window`` of the epochs (None: no learned weights)."""
     history = run.get("exit_weights_history")
-    if not history or run.get("method") not in ("mimmo", "dun"):
+    if not history or not learns_exit_weights(run.get("method")):
         return None
     history = np.asarray(history, dtype=float)  # (epochs, D, M)
     width = max(1, math.ceil(window * len(history)))

@@ -25,9 +25,8 @@ from matplotlib.transforms import offset_copy
 
 from mimmo.data.shifts import SHIFTS, set_name
 from mimmo.report.runs import Run, RunGroup, group_runs, mean_std
-from mimmo.report.style import display_name, method_colour, method_marker, method_rank
+from mimmo.report.style import display_name, method_colour, method_marker, method_rank, tabulated_by_members
 from mimmo.report.tables import (
-    MEMBER_INDEPENDENT,
     SETTING_NAMES,
     build_tables,
     context_slug,
@@ -38,7 +37,7 @@ METRICS = (("accuracy", "Accuracy"), ("nll", "NLL [nats]"), ("ece", "ECE"), ("br
 MEMBER_COLOURS = {1: "tab:grey", 2: "tab:red", 4: "tab:green", 8: "tab:blue"}  # as the paper's Fig. 5/6
 MARKERS = ("o", "s", "v", "^", "D", "*", "X", "P", "h", "<", ">")
 LINESTYLES = ("-", "--", ":", "-.")
-# What the level of each shift is (SPEC §7), for the shifted-data figure's x-axes.
+# What the level of each shift is, for the shifted-data figure's x-axes.
 SHIFT_LEVELS = {"translate": "shift [fraction of the image size]", "rotate": "angle [°]",
                 "brightness": "brightness factor f (x·f)", "contrast": "contrast factor f",
                 "pixelate": "resolution factor f"}
@@ -47,7 +46,7 @@ DPI = 120
 
 def _label(group: RunGroup) -> str:
     """A label unique across tables: the display name, M for ensemble-size methods, the ablation settings."""
-    extras = [] if group.method in MEMBER_INDEPENDENT else [f"M={group.num_members}"]
+    extras = [f"M={group.num_members}"] if tabulated_by_members(group.method) else []
     extras += [f"{SETTING_NAMES.get(k, k)}={format_setting(v)}" for k, v in group.variant]
     return f"{display_name(group.method)} ({', '.join(extras)})" if extras else display_name(group.method)
 
@@ -378,7 +377,7 @@ def cost_figure(groups: Sequence[RunGroup], path: str | Path) -> Path | None:
 def _short_label(group: RunGroup) -> str:
     """The text next to a point: M for ensemble-size methods and the variant's settings (the marker says the
     method)."""
-    extras = [] if group.method in MEMBER_INDEPENDENT else [f"M={group.num_members}"]
+    extras = [f"M={group.num_members}"] if tabulated_by_members(group.method) else []
     extras += [f"{SETTING_NAMES.get(k, k)}={format_setting(v)}" for k, v in group.variant]
     return f"{display_name(group.method)} " + ", ".join(extras) if extras else display_name(group.method)
 

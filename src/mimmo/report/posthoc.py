@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from mimmo.evaluation.anytime import cheapest_within as cheapest_row
 from mimmo.report.figures import _label, _save, _slug, sort_groups
 from mimmo.report.runs import RunGroup, mean_std
 from mimmo.report.style import method_colour, method_marker
@@ -124,10 +125,10 @@ def cheapest_within(group: RunGroup, points: float = WITHIN_POINTS) -> dict[str,
     runs_with = [run for run in group.runs if run.get("anytime")]
     split = "validation" if runs_with and all(run.get("anytime", "validation") for run in runs_with) else "test"
     curve, full = anytime_curve(group, split), anytime_full(group, split)
-    rows = [row for row in curve if row["accuracy"] >= full["accuracy"] - points / 100.0 - 1e-12]
-    if not rows:
+    best = cheapest_row(curve, full["accuracy"], points)
+    if best is None:
         return None
-    threshold = min(rows, key=lambda row: row["flops"])["threshold"]
+    threshold = best["threshold"]
     test_row = next(row for row in anytime_curve(group) if row["threshold"] == threshold)
     return {**test_row, "chosen_on": split}
 

@@ -1,41 +1,42 @@
-"""How methods are shown: one colour and marker per method that every figure uses (MIMMO looks the same in every
-file), next to the catalogue's order and display names (:mod:`mimmo.methods.registry`)."""
+"""How methods are shown: what tables and figures read of a method by its name in a run folder, from the method
+class's attributes (:class:`~mimmo.methods.Method`) in the catalogue's order (:mod:`mimmo.methods.registry`);
+one colour and marker per method that every figure uses, so MIMMO looks the same in every file."""
 
 from __future__ import annotations
 
-from mimmo.methods.registry import DISPLAY_NAMES, METHODS, display_name
+from mimmo.methods.base import Method
+from mimmo.methods.registry import METHODS, display_name
 
-METHOD_ORDER = tuple(METHODS)  # the paper's row order, from the method catalogue
-# (colour, marker) per method: distinct colours (matplotlib's tab10, then two named ones) and distinct markers.
-METHOD_STYLES = {
-    "base": ("tab:gray", "o"),
-    "ensemble": ("tab:brown", "s"),
-    "batch_ensemble": ("goldenrod", "d"),
-    "packed_ensemble": ("navy", "p"),
-    "mc_dropout": ("tab:pink", "D"),
-    "dun": ("tab:olive", "v"),
-    "early_exit": ("tab:cyan", "^"),
-    "mimo": ("tab:blue", "P"),
-    "datamux": ("tab:purple", "X"),
-    "mixmo": ("tab:green", "h"),
-    "mimmo_gamma": ("tab:orange", "<"),
-    "mimmo": ("tab:red", "*"),
-}
-OTHER_STYLE = ("black", "o")  # a method this version does not know (a run from a newer or extended mimmo)
+
+def method_class(method: str) -> type[Method]:
+    """The registered class of ``method``; :class:`Method` (black circles, its own rows) for a method this version
+    does not know (a run from a newer or extended mimmo)."""
+    return METHODS.get(method, Method)
 
 
 def method_colour(method: str) -> str:
-    return METHOD_STYLES.get(method, OTHER_STYLE)[0]
+    return method_class(method).colour
 
 
 def method_marker(method: str) -> str:
-    return METHOD_STYLES.get(method, OTHER_STYLE)[1]
+    return method_class(method).marker
+
+
+def tabulated_by_members(method: str) -> bool:
+    """Whether the report makes one table per M for ``method`` (M is an ensemble size)."""
+    return method_class(method).tabulated_by_members
+
+
+def learns_exit_weights(method: str) -> bool:
+    """Whether ``method`` learns weights over its exits (the report shows how they converge)."""
+    return method_class(method).learns_exit_weights
 
 
 def method_rank(method: str) -> tuple[int, str]:
-    """Sort key: the paper's method order, unknown methods last by name."""
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+    """Sort key: the catalogue's method order (the paper's rows), unknown methods last by name."""
+    order = list(METHODS)
+    return (order.index(method), "") if method in METHODS else (len(order), method)
 
 
-__all__ = ["DISPLAY_NAMES", "METHOD_ORDER", "METHOD_STYLES", "display_name", "method_colour", "method_marker",
-           "method_rank"]
+__all__ = ["display_name", "learns_exit_weights", "method_class", "method_colour", "method_marker", "method_rank",
+           "tabulated_by_members"]

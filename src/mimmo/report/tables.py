@@ -27,11 +27,9 @@ from typing import Any
 
 from mimmo.report.runs import Run, RunGroup, settings_order
 from mimmo.report.stats import interval
-from mimmo.report.style import DISPLAY_NAMES, method_rank
+from mimmo.report.style import display_name, method_rank, tabulated_by_members
 from mimmo.runs.folder import write_text_atomic
 
-# Methods whose M is not the ensemble size the tables are indexed by: shown in every M's table.
-MEMBER_INDEPENDENT = frozenset({"base", "mc_dropout", "dun", "early_exit"})
 SETTING_NAMES = {"method.alpha": "α", "method.kl_convention": "KL", "model.layers": "layers",
                  "model.planes": "planes", "model.width": "width"}
 
@@ -98,9 +96,10 @@ def build_tables(groups: Sequence[RunGroup]) -> list[Table]:
     contexts = sorted({(g.dataset, g.context) for g in groups}, key=lambda dc: (dc[0], settings_order(dc[1])))
     for dataset, context in contexts:
         in_context = [g for g in groups if g.dataset == dataset and g.context == context]
-        sizes = sorted({g.num_members for g in in_context if g.method not in MEMBER_INDEPENDENT})
+        # a method whose M is not an ensemble size (Method.tabulated_by_members) joins every M's table
+        sizes = sorted({g.num_members for g in in_context if tabulated_by_members(g.method)})
         for size in sizes or [None]:
-            rows = [g for g in in_context if g.method in MEMBER_INDEPENDENT or size is None
+            rows = [g for g in in_context if not tabulated_by_members(g.method) or size is None
                     or g.num_members == size]
             rows.sort(key=lambda g: (method_rank(g.method), g.num_members))  # stable: keeps variant order
             tables.append(Table(dataset, size, tuple(rows), context))
@@ -117,7 +116,7 @@ def format_setting(value: Any) -> str:
 
 def row_label(group: RunGroup, table: Table) -> str:
     """The display name, plus M where one table holds several Ms of a method, plus the ablation settings."""
-    label = DISPLAY_NAMES.get(group.method, group.method)
+    label = display_name(group.method)
     extras = []
     if sum(g.method == group.method and g.variant == group.variant for g in table.groups) > 1:
         extras.append(f"M={group.num_members}")

@@ -102,7 +102,7 @@ def validate_training(cfg: DictConfig) -> None:
                          f"a CUDA graph), got train.optimizer={setting(train, 'optimizer')}; use "
                          "train.cuda_graphs=auto (eager steps for sgd) or false")
     warm = cfg.method.get("warm_start_epochs")
-    if warm is not None and cfg.method.name not in ("mimmo_gamma",) and warm >= train.epochs:
+    if warm is not None and warm >= train.epochs:
         raise ValueError(f"method.warm_start_epochs ({warm}) must be < train.epochs ({train.epochs}): during the "
                          "warm start the exit weights stay at the prior, so nothing would be learned "
                          "(use method=mimmo_gamma for a run with fixed weights)")
