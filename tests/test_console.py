@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from matplotlib.colors import to_rgba
 from omegaconf import OmegaConf
-from test_report import runs_dir  # noqa: F401  (a fixture: fabricated run folders)
 
 import mimmo
 from mimmo.cli import demo, main
+from mimmo.methods.registry import METHODS
 from mimmo.report import figures
 from mimmo.report.runs import group_runs, load_runs
-from mimmo.report.style import METHOD_ORDER, METHOD_STYLES, method_colour, method_marker
+from mimmo.report.style import method_colour, method_marker
 from mimmo.runs import console
 
 TINY = ["model.planes=[4,4,4,4]", "model.layers=[1,1,1,1]", "model.stem_channels=4", "data.train_size=64",
@@ -42,11 +42,10 @@ def test_each_command_has_mimmos_help(capsys):
         assert expected in text
     main(["cost", "--help"])
     assert "usage: mimmo cost" in capsys.readouterr().out
-    for command in ("evaluate", "report", "demo"):
-        with pytest.raises(SystemExit):
-            main([command, "--help"])
+    for command in ("grid", "evaluate", "calibrate", "report", "demo"):
+        main([command, "--help"])  # one place answers --help for every command, before its arguments are parsed
         text = capsys.readouterr().out
-        assert f"usage: mimmo {command}" in text and "example" in text, command
+        assert f"usage: mimmo {command}" in text and ("example" in text or command in ("grid", "calibrate")), command
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "--version" in capsys.readouterr().out
@@ -195,9 +194,9 @@ def _colours_by_marker(monkeypatch, make) -> dict[str, set[tuple]]:
     return colours
 
 
-def test_one_colour_and_marker_per_method_across_figures(runs_dir: Path, tmp_path: Path, monkeypatch):  # noqa: F811
-    assert len({colour for colour, _ in METHOD_STYLES.values()}) == len(METHOD_ORDER)
-    assert len({marker for _, marker in METHOD_STYLES.values()}) == len(METHOD_ORDER)
+def test_one_colour_and_marker_per_method_across_figures(runs_dir: Path, tmp_path: Path, monkeypatch):
+    assert len({method.colour for method in METHODS.values()}) == len(METHODS)
+    assert len({method.marker for method in METHODS.values()}) == len(METHODS)
     groups = group_runs(load_runs([runs_dir]))
     without_base = [g for g in groups if g.method != "base"]  # the methods at other positions in the figure
     shift = _colours_by_marker(monkeypatch, lambda: figures.shift_figure(groups, tmp_path / "a.png"))

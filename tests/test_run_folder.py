@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from mimmo import config, training
 from mimmo.cli import compose, main
-from mimmo.cli.grid import _hydra_config
+from mimmo.cli.grid import compose_run
 from mimmo.data.safe_pickle import safe_load
 from mimmo.report.runs import IGNORED_SETTINGS, load_runs
 from mimmo.runs import evaluate as runs_evaluate
@@ -321,10 +321,7 @@ def run_folder_of(overrides: list[str], output_dir: Path) -> Path:
     from mimmo.cli import CONFIG_DIR
 
     with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = hydra.compose(config_name="config", overrides=[*overrides, f"output_dir={output_dir}"],
-                            return_hydra_config=True)
-    with _hydra_config(cfg):
-        return Path(str(cfg.hydra.run.dir))
+        return compose_run([*overrides, f"output_dir={output_dir}"], in_sweep=False)[1]
 
 
 PRIOR = "method.prior=[[0.1,0.2],[0.2,0.3],[0.3,0.2],[0.4,0.3]]"

@@ -19,6 +19,7 @@ data checked (there, or to be downloaded).
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 from collections.abc import Callable, Iterator, Sequence
@@ -197,11 +198,26 @@ def _hydra_config(cfg: DictConfig) -> Iterator[None]:
         instance.cfg = previous
 
 
+def compose_run(overrides: Sequence[str], in_sweep: bool = True) -> tuple[DictConfig, Path]:
+    """One run's resolved config and the folder Hydra gives it: ``hydra.sweep.dir``/``hydra.sweep.subdir`` in a
+    sweep, ``hydra.run.dir`` for a single run (call inside ``hydra.initialize_config_dir``)."""
+    import hydra
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = hydra.compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    with _hydra_config(cfg):
+        sweep = cfg.hydra.sweep
+        folder = Path(str(sweep.dir)) / str(sweep.subdir) if in_sweep else Path(str(cfg.hydra.run.dir))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    OmegaConf.resolve(cfg)
+    return cfg, folder
+
+
 def plan(grid: Grid, extra: Sequence[str] = ()) -> list[list[PlannedRun]]:
     """Every run of ``grid`` with ``extra`` overrides, per sweep: composed (errors surface here), with the
     folder Hydra's sweeper will give it (``hydra.sweep.dir``/``hydra.sweep.subdir``)."""
     import hydra
-    from omegaconf import OmegaConf, open_dict
 
     check_method_options(grid, extra)
     sweeps: list[list[PlannedRun]] = []
@@ -212,16 +228,10 @@ def plan(grid: Grid, extra: Sequence[str] = ()) -> list[list[PlannedRun]]:
             runs = []
             for job in expand(overrides):
                 try:
-                    cfg = hydra.compose(config_name="config", overrides=[*job, *hydra_overrides],
-                                        return_hydra_config=True)
+                    cfg, folder = compose_run([*job, *hydra_overrides])
                 except Exception as error:  # Hydra's errors name the bad override
                     raise ValueError(f"grid {grid.name!r}, sweep {index + 1}: run {' '.join(job)} does not compose: "
                                      f"{error}") from error
-                with _hydra_config(cfg):
-                    folder = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-                with open_dict(cfg):
-                    del cfg["hydra"]
-                OmegaConf.resolve(cfg)
                 runs.append(PlannedRun(index, job, cfg, folder))
             sweeps.append(runs)
     check_folders(sweeps)
@@ -428,7 +438,7 @@ def run_grid(name: str, extra: Sequence[str] = (), dry_run: bool = False,
              train: Callable[[list[str]], None] | None = None, out: Callable[[str], None] = print) -> int:
     """Run (or with ``dry_run`` only plan and validate) grid ``name``; return its number of runs.
 
-    ``train`` runs one sweep from ``mimmo train`` arguments (``mimmo.cli.train_command`` runs it in process);
+    ``train`` runs one sweep from ``mimmo train`` arguments (``mimmo.cli.train.main`` runs it in process);
     it is needed unless ``dry_run``.
     """
     grid = load_grid(name)
@@ -448,7 +458,7 @@ def run_grid(name: str, extra: Sequence[str] = (), dry_run: bool = False,
             f"({built} distinct methods built); nothing trained")
         return total
     if train is None:
-        raise ValueError("run_grid needs train (e.g. mimmo.cli.train_command) unless dry_run")
+        raise ValueError("run_grid needs train (e.g. mimmo.cli.train.main) unless dry_run")
     for index, (sweep, runs) in enumerate(zip(grid.sweeps, sweeps, strict=True)):
         commands = pending_commands(sweep, extra, runs)  # statuses now: an earlier sweep may have run shared ones
         if not commands:
@@ -479,19 +489,30 @@ def list_grids(out: Callable[[str], None] = print) -> None:
         out(f"{name:<20} {count:>4} runs  {grid.description}")
 
 
+def help_text() -> str:
+    return USAGE
+
+
+def parser() -> argparse.ArgumentParser:
+    """NAME and the flags; every other argument is an override for the grid's runs."""
+    grid = argparse.ArgumentParser(prog="mimmo grid", usage=USAGE, add_help=False)
+    grid.add_argument("name", nargs="?")
+    grid.add_argument("--list", action="store_true")
+    grid.add_argument("--dry-run", action="store_true")
+    return grid
+
+
 def main(argv: Sequence[str], train: Callable[[list[str]], None] | None = None) -> None:
-    """``mimmo grid`` from its arguments (after ``grid``); ``train`` runs one sweep (see :func:`run_grid`)."""
-    flags = {a for a in argv if a in ("--list", "--dry-run", "-h", "--help")}
-    positional = [a for a in argv if a not in flags]
-    if "-h" in flags or "--help" in flags:
-        print(USAGE)
-        return
-    if "--list" in flags:
+    """``mimmo grid`` from its arguments (after ``grid``); ``train`` runs one sweep (default: ``mimmo train`` in
+    this process; see :func:`run_grid`)."""
+    args, overrides = parser().parse_known_args(list(argv))
+    if args.list:
         list_grids()
         return
-    if not positional or positional[0].startswith("-"):
+    if args.name is None or args.name.startswith("-"):
         raise SystemExit(USAGE + f"\nmimmo grid: give a grid name; one of {sorted(available_grids())}")
     from mimmo.cli.errors import run_reporting_errors
+    from mimmo.cli.train import main as train_main
 
-    run_reporting_errors("grid", lambda: run_grid(positional[0], positional[1:], dry_run="--dry-run" in flags,
-                                                     train=train))
+    run_reporting_errors("grid", lambda: run_grid(args.name, overrides, dry_run=args.dry_run,
+                                                  train=train or train_main))

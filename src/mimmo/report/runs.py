@@ -1,12 +1,11 @@
 """Saved runs: find and load run folders, group them by their settings, aggregate over seeds.
 
-A run folder holds ``metrics.json`` (format :data:`FORMAT_VERSION`) and ``config.yaml``. Reports read
-only these files; they never retrain.
+A run folder holds ``metrics.json`` (format :data:`FORMAT_VERSION`) and ``config.yaml``. Reports read them
+through :mod:`mimmo.runs.folder` (the same refusals as every command); they never retrain.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -14,9 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from omegaconf import OmegaConf
 
-from mimmo.runs.folder import CONFIG_FILE, FORMAT_VERSION, METRICS_FILE, NON_SEMANTIC_KEYS
+from mimmo.runs.folder import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    METRICS_FILE,
+    NON_SEMANTIC_KEYS,
+    finished_metrics_of,
+    read_config,
+)
 from mimmo.training.recipe import DEFAULTS as RECIPE_DEFAULTS
 
 # Flattened config keys that may differ between the seeds of one group: the seed itself, the settings that do
@@ -151,12 +157,7 @@ def find_run_folders(path: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
 
 def read_run(folder: Path) -> Run:
     """Load one run folder; raise ValueError saying what is wrong with it."""
-    try:
-        metrics = json.loads((folder / METRICS_FILE).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"unreadable {METRICS_FILE} ({error})") from error
-    if not isinstance(metrics, dict):
-        raise ValueError(f"{METRICS_FILE} does not hold a JSON object")
+    metrics = finished_metrics_of(folder)  # the run folder's reader: the same refusals as every command
     version = metrics.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(f"format_version {version!r}, this version of mimmo reads {FORMAT_VERSION}")
@@ -166,14 +167,8 @@ def read_run(folder: Path) -> Run:
     if not isinstance(metrics["test"], dict):
         raise ValueError(f"{METRICS_FILE}: 'test' must be an object of metrics, got {metrics['test']!r}")
     config = metrics.get("config")
-    if not isinstance(config, dict):
-        config_path = folder / CONFIG_FILE
-        try:
-            config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ValueError(f"unreadable {CONFIG_FILE} ({error})") from error
-        if not isinstance(config, dict):
-            config = {}
+    if not isinstance(config, dict):  # an older metrics.json: the config from config.yaml, if the folder has one
+        config = OmegaConf.to_container(read_config(folder)) if (folder / CONFIG_FILE).is_file() else {}
     return Run(folder, metrics, config)
 
 

@@ -23,12 +23,11 @@ from mimmo.methods.base import Method, mixture_log_probs
 from mimmo.runs.checkpoints import load_run
 from mimmo.runs.folder import (
     FORMAT_VERSION,
-    METRICS_FILE,
     check_same_dataset,
     lock,
     read_metrics,
     write_calibration,
-    write_json_atomic,
+    write_metrics,
 )
 from mimmo.runs.signals import stop_on_signals
 from mimmo.training.build import load_splits, model_input_shape
@@ -117,6 +116,6 @@ def evaluate_run(run_dir: str | Path, device: str | torch.device = "cpu") -> dic
             if section not in results and previous.get(section) is not None:
                 results[section] = previous[section]
         write_calibration_of(run_dir, results)
-        write_json_atomic(run_dir / METRICS_FILE, results)
+        write_metrics(run_dir, results)
     return results
 

@@ -158,6 +158,27 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any] | None:
     return metrics
 
 
+def finished_metrics_of(run_dir: str | Path) -> dict[str, Any]:
+    """The metrics.json of a finished run; FileNotFoundError when the folder holds none (not finished)."""
+    metrics = read_metrics(run_dir)
+    if metrics is None:
+        raise FileNotFoundError(f"{run_dir} is not a finished run: {METRICS_FILE} is missing")
+    return metrics
+
+
+def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> None:
+    """Write a run folder's metrics.json (atomically: a reader sees the old file or the new one)."""
+    write_json_atomic(Path(run_dir) / METRICS_FILE, metrics)
+
+
+def update_metrics(run_dir: str | Path, section: str, value: Any) -> dict[str, Any]:
+    """Set one section of a finished run's metrics.json, read again just before (the latest file keeps the rest)."""
+    metrics = finished_metrics_of(run_dir)
+    metrics[section] = value
+    write_metrics(run_dir, metrics)
+    return metrics
+
+
 def _interpolations(node: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
     if isinstance(node, dict):
         for key, value in node.items():

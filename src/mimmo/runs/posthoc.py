@@ -21,23 +21,8 @@ from mimmo.evaluation.evaluate import RAW, UNCERTAINTY_SECTIONS, Readout, evalua
 from mimmo.evaluation.ood_sets import ood_sets
 from mimmo.evaluation.pruning import pruned_cost, pruned_weights
 from mimmo.runs.checkpoints import load_run
-from mimmo.runs.folder import METRICS_FILE, read_json, write_calibration, write_json_atomic
+from mimmo.runs.folder import finished_metrics_of, update_metrics, write_calibration
 from mimmo.training.build import input_spec, load_splits, model_input_shape
-
-
-def _finished(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
-    run_dir = Path(run_dir)
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a finished run: {METRICS_FILE} is missing")
-    return run_dir, read_json(path)
-
-
-def _merge(run_dir: Path, section: str, value: Any) -> dict[str, Any]:
-    metrics = read_json(run_dir / METRICS_FILE)  # read again: the section is merged into the latest file
-    metrics[section] = value
-    write_json_atomic(run_dir / METRICS_FILE, metrics)
-    return metrics
 
 
 def add_anytime(run_dir: str | Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
@@ -45,28 +30,28 @@ def add_anytime(run_dir: str | Path, thresholds: Sequence[float] = DEFAULT_THRES
     """Sweep the anytime thresholds on the clean test set and write metrics.json's ``anytime`` table; the same
     sweep of the validation split goes into its ``validation`` entry, so that a report chooses a threshold on
     held-out data that the test set never sees."""
-    run_dir, _ = _finished(run_dir)
+    finished_metrics_of(run_dir)  # a run that is not finished is refused before any work
     method, normalizer, cfg = load_run(run_dir, device)
     splits = load_splits(cfg)
     batch = int(cfg.train.eval_batch_size)
     table = anytime_sweep(method, splits.test, normalizer, thresholds, batch, device)
     validation = anytime_sweep(method, splits.validation, normalizer, thresholds, batch, device)
     table["validation"] = {key: validation[key] for key in ("thresholds", "full", "num_images")}
-    _merge(run_dir, "anytime", table)
+    update_metrics(run_dir, "anytime", table)
     return table
 
 
 def add_pruned(run_dir: str | Path, eps: float, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Evaluate the network with exits pruned at ``eps`` (test and shifted sets, cost) into metrics.json's
     ``pruned`` section."""
-    run_dir, _ = _finished(run_dir)
+    finished_metrics_of(run_dir)  # a run that is not finished is refused before any work
     method, normalizer, cfg = load_run(run_dir, device)
     splits = load_splits(cfg)
     section = pruned_cost(method, eps, model_input_shape(cfg, splits.input_shape))
     section |= evaluate_readouts(method, splits.test, normalizer, {"pruned": Readout(weights=pruned_weights(
         method, eps))}, int(cfg.train.eval_batch_size), device, shift_seed=int(cfg.seed),
         shifted=bool(cfg.evaluation.shifted))["pruned"]
-    _merge(run_dir, "pruned", section)
+    update_metrics(run_dir, "pruned", section)
     return section
 
 
@@ -90,7 +75,7 @@ def add_ood(run_dir: str | Path, device: str | torch.device = "cpu") -> dict[str
 def calibrate_run(run_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Fit the temperature on the validation split, save it in calibration.json, and write the calibrated test
     and shifted metrics into metrics.json's ``calibrated`` section (the raw metrics stay as they are)."""
-    run_dir, _ = _finished(run_dir)
+    finished_metrics_of(run_dir)  # a run that is not finished is refused before any work
     method, normalizer, cfg = load_run(run_dir, device)
     splits = load_splits(cfg)
     start = time.perf_counter()
@@ -101,7 +86,7 @@ def calibrate_run(run_dir: str | Path, device: str | torch.device = "cpu") -> di
     section = calibrated_section(fit, evaluation["calibrated"])
     section["seconds"] = time.perf_counter() - start
     write_calibration(run_dir, section)
-    _merge(run_dir, "calibrated", section)
+    update_metrics(run_dir, "calibrated", section)
     return section
 
 

@@ -35,7 +35,7 @@ from mimmo.runs.folder import (
     read_config,
     read_metrics,
     semantic_config,
-    write_json_atomic,
+    write_metrics,
     write_text_atomic,
 )
 from mimmo.runs.loggers import extra_loggers, finish_loggers
@@ -156,6 +156,6 @@ def finish_run(run_dir: Path, cfg: DictConfig, method: Method, normalizer: Norma
     results["provenance"] = provenance(device)
     save_weights(run_dir / WEIGHTS_FILE, method.cpu(), normalizer.cpu())
     write_calibration_of(run_dir, results)
-    write_json_atomic(run_dir / METRICS_FILE, results)
+    write_metrics(run_dir, results)
     return results
 
