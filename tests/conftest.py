@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from fake_runs import results, write_run
+from tiny_runs import RecordingGraphs, tiny
+
+from mimmo import training
+from mimmo.training import train
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -38,3 +42,25 @@ def runs_dir(tmp_path: Path) -> Path:
     write_run(root / "mimmo" / "1", "mimmo", 2, 1, results(0.62, 1.51, 0.14, 0.00524), 0.33, 172_820_000,
               2_040_000, num_exits=4)
     return root
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> tuple[Path, dict]:
+    """The tiny run (tests/tiny_runs.py), trained once for the whole test session: its folder and metrics.
+    Tests read it; one that changes a run works on a copy."""
+    run_dir = tmp_path_factory.mktemp("runs") / "reference"
+    return run_dir, train(tiny(), run_dir)
+
+
+@pytest.fixture
+def recording(monkeypatch) -> list[RecordingGraphs]:
+    """Make the trainer take its graphed path on this CPU, with :class:`RecordingGraphs`."""
+    made: list[RecordingGraphs] = []
+
+    def backend(device):
+        made.append(RecordingGraphs())
+        return made[-1]
+
+    monkeypatch.setattr(training.module, "cuda_graphs_available", lambda device, world_size: True)
+    monkeypatch.setattr(training.module, "make_graph_backend", backend)
+    return made

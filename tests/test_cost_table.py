@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mimmo.cli import main
 from mimmo.evaluation.cost import count_cost
 from mimmo.evaluation.cost_table import cost_table, format_cost_table
 from mimmo.methods.registry import METHODS, build_method, method_options
@@ -109,3 +110,16 @@ def test_every_method_is_counted_on_the_mlp():
 def test_cost_table_refuses_a_bad_ensemble_size():
     with pytest.raises(ValueError, match="num_members"):
         cost_table(0)
+
+
+def test_cost_command_prints_the_papers_base_cost(capsys):
+    main(["cost", "method=base", "data=cifar100"])
+    out = capsys.readouterr().out
+    assert "109.85 M FLOPs" in out and "1.76 M params" in out
+    assert "109,852,872 FLOPs" in out and "1,756,340 params" in out
+
+
+def test_cost_command_prints_the_papers_mimmo_cost(capsys):
+    main(["cost", "method=mimmo", "method.num_members=2", "data=cifar100"])
+    out = capsys.readouterr().out
+    assert "172.82 M FLOPs" in out and "2.04 M params" in out

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import http.server
+import importlib.resources
 import io
 import json
 import pickle
@@ -19,18 +21,21 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from tiny_runs import assert_refused_before_training, tiny
 
+from mimmo import training
 from mimmo.cli import grid as grids
 from mimmo.cli import main
 from mimmo.cli.grid import run_grid
 from mimmo.config import compose
 from mimmo.data import DATASETS, check_data, dataset_shape, load_data, load_folder
 from mimmo.data import download as download_module
-from mimmo.data.datasets import ImageSet, split_train
+from mimmo.data.datasets import ImageSet, load_embedded, split_train
 from mimmo.data.download import Archive, file_md5
 from mimmo.data.folder import read_images
+from mimmo.data.safe_pickle import safe_load
 from mimmo.report import report
-from mimmo.training import load_run
+from mimmo.training import load_run, train
 
 DATA_CONFIGS = Path(__file__).parents[1] / "src" / "mimmo" / "configs" / "data"
 CLASSES = ("cat", "dog", "fox")
@@ -444,3 +449,164 @@ def test_the_25_shifts_apply_to_grey_and_rgb_images_of_any_size(channels):
     for kind, level in shifted_sets():
         shifted = apply_shift(images, kind, level, torch.arange(4), seed=0)
         assert shifted.shape == images.shape and torch.isfinite(shifted).all(), (kind, level)
+
+
+def test_missing_cifar_names_the_expected_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"/nonexistent/cifar-100-python"):
+        train(tiny("data=cifar100", "data.root=/nonexistent"), tmp_path / "run")
+    assert_refused_before_training(tmp_path / "run")
+
+
+GARBAGE = {
+    "text": b"this is not a CIFAR batch, just garbage bytes\n" * 20,
+    "zeros": bytes(4096),
+    "truncated": pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 3]})[:100],
+    "not_a_dict": pickle.dumps([1, 2, 3]),
+    "wrong_key": pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"fine_labels": [0, 1, 2, 3]}),
+    "wrong_size": pickle.dumps({b"data": np.zeros((4, 1000), np.uint8), b"labels": [0, 1, 2, 3]}),
+    "label_count": pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2]}),
+    # Opcode BINBYTES8 announcing 2**63 - 1 bytes: pickle raises OverflowError before reading anything.
+    "huge_length": b"\x8e" + b"\xff" * 7 + b"\x7f" + bytes(64),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(GARBAGE))
+def test_corrupt_cifar_is_refused_with_a_value_error(tmp_path, kind):
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    (folder / "data_batch_1").write_bytes(GARBAGE[kind])
+    with pytest.raises(ValueError, match=r"data_batch_1"):
+        train(tiny("data=cifar10", f"data.root={tmp_path / 'data'}"), tmp_path / "run")
+    assert_refused_before_training(tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return {"first": load_embedded(0), "again": load_embedded(0), "other": load_embedded(1)}
+
+
+def raw_embedded() -> tuple[np.ndarray, np.ndarray]:
+    folder = importlib.resources.files("animal_shape_mnist") / "data" / "Animal Shape"
+    with gzip.open(folder / "animal_data_version_3.gz", "rb") as f:
+        images = np.asarray(pickle.load(f), dtype=np.uint8)
+    with gzip.open(folder / "animal_label_version_3.gz", "rb") as f:
+        labels = np.asarray(pickle.load(f), dtype=np.int64)
+    return images, labels
+
+
+def test_embedded_splits_are_disjoint_and_deduplicated(embedded):
+    splits = embedded["first"]
+    assert splits.input_shape == (1, 28, 28) and splits.num_classes == 10
+    assert splits.train.images.dtype == torch.uint8
+    images = all_images(splits)
+    assert len(torch.unique(images, dim=0)) == len(images)  # no image twice, within or across splits
+    raw_images, _ = raw_embedded()
+    assert len(raw_images) == 10_000
+    # every distinct image is used: only exact duplicates were dropped
+    assert len(images) == len(np.unique(raw_images.reshape(len(raw_images), -1), axis=0))
+
+
+def test_embedded_splits_are_stratified(embedded):
+    splits = embedded["first"]
+    labels = torch.cat([splits.train.labels, splits.validation.labels, splits.test.labels])
+    per_class = torch.bincount(labels, minlength=10)
+    test = torch.bincount(splits.test.labels, minlength=10)
+    validation = torch.bincount(splits.validation.labels, minlength=10)
+    assert bool(((test - 0.2 * per_class).abs() <= 1).all())
+    assert bool(((validation - 0.1 * (per_class - test)).abs() <= 1).all())
+    assert not bool((splits.train.labels[1:] >= splits.train.labels[:-1]).all())  # shuffled, not sorted
+
+
+def test_embedded_splits_are_deterministic_per_seed(embedded):
+    first, again, other = embedded["first"], embedded["again"], embedded["other"]
+    for name in ("train", "validation", "test"):
+        assert torch.equal(getattr(first, name).images, getattr(again, name).images)
+        assert torch.equal(getattr(first, name).labels, getattr(again, name).labels)
+    assert not torch.equal(first.test.images, other.test.images)
+    assert len(torch.unique(all_images(other), dim=0)) == len(all_images(first))
+
+
+def test_train_size_keeps_a_stratified_subset_and_the_same_held_out_sets(embedded):
+    full = embedded["first"]
+    small = load_embedded(0, train_size=200)
+    assert len(small.train) == 200
+    share = torch.bincount(full.train.labels, minlength=10) / len(full.train)
+    assert bool(((torch.bincount(small.train.labels, minlength=10) - 200 * share).abs() <= 1).all())
+    full_rows = {bytes(row.numpy()) for row in full.train.images.flatten(1)}
+    assert all(bytes(row.numpy()) in full_rows for row in small.train.images.flatten(1))
+    assert torch.equal(small.validation.images, full.validation.images)
+    assert torch.equal(small.test.images, full.test.images)
+    with pytest.raises(ValueError, match="train_size"):
+        load_embedded(0, train_size=10**6)
+    with pytest.raises(ValueError, match=r"validation_fraction must lie in \(0, 1\), got 1\.5"):
+        load_embedded(0, validation_fraction=1.5)
+
+
+class Payload:
+    """Unpickling this calls ``pathlib.Path.touch`` on a file: proof that the file ran code."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_crafted_cifar_batch_does_not_run_its_payload(tmp_path):
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": Payload(marker), b"labels": [0]}))
+    pickle.loads(pickle.dumps(Payload(tmp_path / "check")))  # plain pickle runs the payload
+    assert (tmp_path / "check").exists()
+    with pytest.raises(ValueError, match=r"data_batch_1.*global 'pathlib.*' is not allowed"):
+        training.prepare_run(tiny("data=cifar10", f"data.root={tmp_path / 'data'}"))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["garbage", "payload", "truncated", "not_a_dict"])
+def test_a_damaged_or_crafted_cifar_meta_file_is_refused_in_one_line(tmp_path, kind):
+    marker = tmp_path / "pwned"
+    write_cifar(tmp_path / "data", [0, 1] * 20)
+    meta = {"garbage": b"this is not a pickle\n" * 10,
+            "payload": pickle.dumps({b"label_names": Payload(marker)}),
+            "truncated": pickle.dumps({b"label_names": [b"airplane"] * 10})[:30],
+            "not_a_dict": pickle.dumps([b"airplane"] * 10)}[kind]
+    (tmp_path / "data" / "cifar-10-batches-py" / "batches.meta").write_bytes(meta)
+    match = r"batches.meta (is not a valid CIFAR meta file|does not list 10 class names)"
+    with pytest.raises(ValueError, match=match) as refused:
+        training.load_splits(tiny("data=cifar10", f"data.root={tmp_path / 'data'}", "data.train_size=null"))
+    assert not marker.exists()
+    if kind == "payload":
+        assert "global 'pathlib" in str(refused.value) and "is not allowed" in str(refused.value)
+
+
+def test_the_restricted_unpickler_reads_what_cifar_holds():
+    batch = {b"batch_label": b"training batch 1 of 5", b"labels": [3, 1], b"data": np.arange(6, dtype=np.uint8),
+             b"filenames": [b"a.png", b"b.png"]}
+    for protocol in (2, pickle.HIGHEST_PROTOCOL):
+        loaded = safe_load(io.BytesIO(pickle.dumps(batch, protocol=protocol)), encoding="bytes")
+        assert loaded[b"labels"] == [3, 1] and loaded[b"data"].tolist() == list(range(6))
+
+
+@pytest.mark.parametrize(("labels", "size", "match"), [
+    ([0, 1, 2, 10] * 10, 3072, r"labels must lie in \[0, 9\] \(10 classes\), got values from 0 to 10"),
+    ([0, -1] * 20, 3072, r"labels must lie in \[0, 9\].*from -1"),
+    ([0, 1] * 20, 6144, r"b'data' must be an array of shape \(N, 3072\), got \(40, 6144\)"),
+])
+def test_cifar_is_checked_on_load(tmp_path, labels, size, match):
+    write_cifar(tmp_path, labels, size)
+    with pytest.raises(ValueError, match=match):
+        training.load_splits(tiny("data=cifar10", f"data.root={tmp_path}", "data.train_size=null"))
+
+
+def all_images(splits) -> torch.Tensor:
+    return torch.cat([splits.train.images, splits.validation.images, splits.test.images]).flatten(1)
+
+
+def write_cifar(root: Path, labels: list[int], size: int = 3072) -> None:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    batch = {b"data": np.zeros((len(labels), size), np.uint8), b"labels": labels}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(batch))

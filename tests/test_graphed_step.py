@@ -10,75 +10,20 @@ the learning rate as a tensor, the run's progress as a tensor) and compare it wi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from test_training import tiny
+from tiny_runs import RecordingGraphs, assert_close_weights, tiny, train_eagerly_with_a_tensor_learning_rate
 
-from mimmo import training
 from mimmo.methods.base import Progress
 from mimmo.methods.registry import METHODS, build_method
 from mimmo.models.resnet import ResNetConfig, ResNetFactory
 from mimmo.training import MethodModule, train
-from mimmo.training.step import TrainingStep, prepare_optimizer
+from mimmo.training.step import TrainingStep
 
 METHOD_OVERRIDES = {
     "base": [], "ensemble": ["method.num_members=2"], "mc_dropout": ["method.num_samples=2"], "dun": [],
     "early_exit": [], "mimo": [], "datamux": [], "mixmo": [], "mimmo_gamma": [], "mimmo": []}
-
-
-class RecordingGraphs:
-    """A stand-in for CUDA graphs on a CPU: ``capture`` records a step without running it, a replay runs it."""
-
-    def __init__(self) -> None:
-        self.captures = 0
-        self.replays = 0
-        self.warmups = 0
-
-    def warmup(self, fn: Callable[[], None]) -> None:
-        self.warmups += 1
-        fn()
-
-    def capture(self, fn: Callable[[], None]) -> Callable[[], None]:
-        self.captures += 1
-
-        def replay() -> None:
-            self.replays += 1
-            fn()
-        return replay
-
-
-@pytest.fixture
-def recording(monkeypatch) -> list[RecordingGraphs]:
-    """Make the trainer take its graphed path on this CPU, with :class:`RecordingGraphs`."""
-    made: list[RecordingGraphs] = []
-
-    def backend(device):
-        made.append(RecordingGraphs())
-        return made[-1]
-
-    monkeypatch.setattr(training.module, "cuda_graphs_available", lambda device, world_size: True)
-    monkeypatch.setattr(training.module, "make_graph_backend", backend)
-    return made
-
-
-def assert_close_weights(a, b, rtol=0.0, atol=0.0) -> None:
-    first, second = load_file(str(a / "weights.safetensors")), load_file(str(b / "weights.safetensors"))
-    assert first.keys() == second.keys()
-    for key in first:
-        torch.testing.assert_close(first[key], second[key], rtol=rtol, atol=atol, msg=key)
-
-
-def train_eagerly_with_a_tensor_learning_rate(cfg, run_dir):
-    """The eager reference for a graphed run: the same optimiser numerics (a float32 tensor learning rate rounds
-    differently from a Python float, and Adam amplifies such differences chaotically over a run)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training, "cuda_graphs_available", lambda device, world_size: False)
-        patch.setattr(training, "prepare_optimizer", lambda optimizer, graphs, device: prepare_optimizer(
-            optimizer, True, device))
-        return train(cfg, run_dir)
 
 
 @pytest.mark.parametrize("method", ["mimmo", "mixmo", "mc_dropout"])

@@ -11,8 +11,13 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
-from test_graphed_step import assert_close_weights, recording, train_eagerly_with_a_tensor_learning_rate  # noqa: F401
-from test_training import assert_same_weights, results, tiny
+from tiny_runs import (
+    assert_close_weights,
+    assert_same_weights,
+    results,
+    tiny,
+    train_eagerly_with_a_tensor_learning_rate,
+)
 
 from mimmo import training
 from mimmo.cli import grid as grids

@@ -4,6 +4,7 @@ before any run folder exists; 1 for a condition of the machine: no network, a fu
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_runs import TINY as TINY_RUN
 
 from mimmo.cli import best_device, main
 from mimmo.config import compose
@@ -138,3 +140,46 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_says_
         train(compose([*TINY, "train.epochs=2"]), run_dir)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]  # no temporary left
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["method.alpha=inf"], "mimmo train: alpha (KL weight) must be a finite number >= 0, got inf"),
+    (["train.lr=inf"], "mimmo train: train.lr must be a finite number > 0, got inf"),
+    (["method.num_members=true"], "mimmo train: num_members must be an integer >= 1, got True"),
+    (["train.batch_size=5000"], "mimmo train: train.batch_size must be <= the training split's 256 images"),
+    (["method.nope=1"], "mimmo train: Could not override 'method.nope'."),
+])
+def test_refusals_are_one_line_with_status_2_and_leave_no_folder(tmp_path, capsys, overrides, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *TINY_RUN, *overrides, f"output_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and "\n" not in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--debug", "train", *TINY_RUN, "train.lr=inf", f"output_dir={tmp_path}"])
+    os.environ.pop("MIMMO_DEBUG")
+    assert exit_info.value.code == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_multirun_is_checked_completely_before_any_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--multirun", *TINY_RUN, "method=base,mimmo", "train.epochs=1", f"output_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    assert "warm_start_epochs (1) must be < train.epochs (1)" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_demo_checks_every_run_before_training_any(tmp_path, capsys, monkeypatch):
+    from mimmo.cli import demo
+
+    monkeypatch.setattr(demo, "train", lambda *a, **k: pytest.fail("trained before every run was checked"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--epochs", "1", "--output-dir", str(tmp_path / "demo")])
+    assert exit_info.value.code == 2
+    assert "the demo's mimmo run: method.warm_start_epochs (3) must be < train.epochs (1)" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()

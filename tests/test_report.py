@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 from fake_runs import PNG_MAGIC, results, write_run
+from matplotlib.colors import to_rgba
 
 from mimmo.cli import main
-from mimmo.report import report
+from mimmo.methods.registry import METHODS
+from mimmo.report import figures, report
 from mimmo.report.figures import (
     alpha_ablation_figure,
     cost_figure,
@@ -27,6 +29,7 @@ from mimmo.report.figures import (
 )
 from mimmo.report.runs import NonFiniteMetricsWarning, SkippedRunsWarning, group_runs, load_runs, mean_std
 from mimmo.report.stats import interval, paired, provenance_markdown, t_quantile_975
+from mimmo.report.style import method_colour, method_marker
 from mimmo.report.tables import build_tables, row_label, to_csv, to_latex, to_markdown, write_tables
 
 EXPECTED_TABLE = """\
@@ -357,3 +360,28 @@ def test_the_reference_row_is_the_one_at_the_methods_default_settings(tmp_path: 
     comparison = (tmp_path / "out" / "comparison.md").read_text()
     assert "Against **MIMMO (α=1)**" in comparison
     assert "| MIMMO (α=250) | **-0.100 [-0.100, -0.100]** 2/2 |" in comparison
+
+
+def _colours_by_marker(monkeypatch, make) -> dict[str, set[tuple]]:
+    """The colours of the data markers in the figure that ``make`` draws, per marker (a method's marker)."""
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda figure, path: drawn.append(figure) or Path(path))
+    make()
+    colours: dict[str, set[tuple]] = {}
+    for ax in drawn[0].axes:
+        for line in ax.get_lines():
+            if line.get_marker() not in ("None", None, "", "_", "|"):  # not an error bar's cap
+                colours.setdefault(line.get_marker(), set()).add(to_rgba(line.get_color()))
+    return colours
+
+
+def test_one_colour_and_marker_per_method_across_figures(runs_dir: Path, tmp_path: Path, monkeypatch):
+    assert len({method.colour for method in METHODS.values()}) == len(METHODS)
+    assert len({method.marker for method in METHODS.values()}) == len(METHODS)
+    groups = group_runs(load_runs([runs_dir]))
+    without_base = [g for g in groups if g.method != "base"]  # the methods at other positions in the figure
+    shift = _colours_by_marker(monkeypatch, lambda: figures.shift_figure(groups, tmp_path / "a.png"))
+    cost = _colours_by_marker(monkeypatch, lambda: figures.cost_figure(without_base, tmp_path / "b.png"))
+    for method in ("mimo", "mimmo"):
+        assert shift[method_marker(method)] == cost[method_marker(method)] == {to_rgba(method_colour(method))}
+    assert shift[method_marker("base")] == {to_rgba(method_colour("base"))} and method_marker("base") not in cost

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import io
+import errno
 import json
 import os
-import pickle
 import signal
 import socket
 import subprocess
@@ -15,15 +14,14 @@ import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tiny_runs import TINY, tiny
 
 from mimmo import config, training
 from mimmo.cli import compose, main
 from mimmo.cli.grid import compose_run
-from mimmo.data.safe_pickle import safe_load
 from mimmo.report.runs import IGNORED_SETTINGS, load_runs
 from mimmo.runs import evaluate as runs_evaluate
 from mimmo.runs import folder as run_folder
@@ -31,13 +29,6 @@ from mimmo.runs.folder import MAX_NAME_BYTES, NON_SEMANTIC_KEYS, RunFolderBusy, 
 from mimmo.training import train
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-TINY = ["model.planes=[4,4,4,4]", "model.layers=[1,1,1,1]", "model.stem_channels=4", "data.train_size=256",
-        "train.epochs=2", "train.batch_size=32", "train.eval_batch_size=500", "train.progress_bar=false",
-        "train.warm_start_epochs=1", "evaluation.shifted=false", "train.threads=1"]
-
-
-def tiny(*overrides: str):
-    return compose([*TINY, *overrides])
 
 
 def python(code: str, *args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
@@ -50,12 +41,6 @@ def python(code: str, *args: str, env: dict | None = None, **kwargs) -> subproce
 def results(metrics: dict) -> str:
     keys = ("test", "validation", "cost", "exit_weights", "exit_weights_history")
     return json.dumps({key: metrics[key] for key in keys}, sort_keys=True)
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> tuple[Path, dict]:
-    run_dir = tmp_path_factory.mktemp("runs") / "reference"
-    return run_dir, train(tiny(), run_dir)
 
 
 # ----------------------------------------------------------------------------------------------- locking
@@ -175,72 +160,6 @@ def test_a_grid_counts_a_stopped_sweep_as_not_finished():
 
 
 # ------------------------------------------------------------------------------------------ safe loading
-
-
-class Payload:
-    """Unpickling this calls ``pathlib.Path.touch`` on a file: proof that the file ran code."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (Path.touch, (self.path,))
-
-
-def test_a_crafted_cifar_batch_does_not_run_its_payload(tmp_path):
-    marker = tmp_path / "pwned"
-    folder = tmp_path / "data" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": Payload(marker), b"labels": [0]}))
-    pickle.loads(pickle.dumps(Payload(tmp_path / "check")))  # plain pickle runs the payload
-    assert (tmp_path / "check").exists()
-    with pytest.raises(ValueError, match=r"data_batch_1.*global 'pathlib.*' is not allowed"):
-        training.prepare_run(tiny("data=cifar10", f"data.root={tmp_path / 'data'}"))
-    assert not marker.exists()
-
-
-@pytest.mark.parametrize("kind", ["garbage", "payload", "truncated", "not_a_dict"])
-def test_a_damaged_or_crafted_cifar_meta_file_is_refused_in_one_line(tmp_path, kind):
-    marker = tmp_path / "pwned"
-    write_cifar(tmp_path / "data", [0, 1] * 20)
-    meta = {"garbage": b"this is not a pickle\n" * 10,
-            "payload": pickle.dumps({b"label_names": Payload(marker)}),
-            "truncated": pickle.dumps({b"label_names": [b"airplane"] * 10})[:30],
-            "not_a_dict": pickle.dumps([b"airplane"] * 10)}[kind]
-    (tmp_path / "data" / "cifar-10-batches-py" / "batches.meta").write_bytes(meta)
-    match = r"batches.meta (is not a valid CIFAR meta file|does not list 10 class names)"
-    with pytest.raises(ValueError, match=match) as refused:
-        training.load_splits(tiny("data=cifar10", f"data.root={tmp_path / 'data'}", "data.train_size=null"))
-    assert not marker.exists()
-    if kind == "payload":
-        assert "global 'pathlib" in str(refused.value) and "is not allowed" in str(refused.value)
-
-
-def test_the_restricted_unpickler_reads_what_cifar_holds():
-    batch = {b"batch_label": b"training batch 1 of 5", b"labels": [3, 1], b"data": np.arange(6, dtype=np.uint8),
-             b"filenames": [b"a.png", b"b.png"]}
-    for protocol in (2, pickle.HIGHEST_PROTOCOL):
-        loaded = safe_load(io.BytesIO(pickle.dumps(batch, protocol=protocol)), encoding="bytes")
-        assert loaded[b"labels"] == [3, 1] and loaded[b"data"].tolist() == list(range(6))
-
-
-def write_cifar(root: Path, labels: list[int], size: int = 3072) -> None:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-    batch = {b"data": np.zeros((len(labels), size), np.uint8), b"labels": labels}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        (folder / name).write_bytes(pickle.dumps(batch))
-
-
-@pytest.mark.parametrize(("labels", "size", "match"), [
-    ([0, 1, 2, 10] * 10, 3072, r"labels must lie in \[0, 9\] \(10 classes\), got values from 0 to 10"),
-    ([0, -1] * 20, 3072, r"labels must lie in \[0, 9\].*from -1"),
-    ([0, 1] * 20, 6144, r"b'data' must be an array of shape \(N, 3072\), got \(40, 6144\)"),
-])
-def test_cifar_is_checked_on_load(tmp_path, labels, size, match):
-    write_cifar(tmp_path, labels, size)
-    with pytest.raises(ValueError, match=match):
-        training.load_splits(tiny("data=cifar10", f"data.root={tmp_path}", "data.train_size=null"))
 
 
 CRAFTED_CHECKPOINT = """
@@ -419,49 +338,6 @@ def test_auto_layout_is_standard_where_channels_last_is_unsafe():
 # ----------------------------------------------------------------------------------------------- refusals
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["method.alpha=inf"], "mimmo train: alpha (KL weight) must be a finite number >= 0, got inf"),
-    (["train.lr=inf"], "mimmo train: train.lr must be a finite number > 0, got inf"),
-    (["method.num_members=true"], "mimmo train: num_members must be an integer >= 1, got True"),
-    (["train.batch_size=5000"], "mimmo train: train.batch_size must be <= the training split's 256 images"),
-    (["method.nope=1"], "mimmo train: Could not override 'method.nope'."),
-])
-def test_refusals_are_one_line_with_status_2_and_leave_no_folder(tmp_path, capsys, overrides, message):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", *TINY, *overrides, f"output_dir={tmp_path}"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(message) and "\n" not in err and "Traceback" not in err
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_debug_shows_the_traceback(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--debug", "train", *TINY, "train.lr=inf", f"output_dir={tmp_path}"])
-    os.environ.pop("MIMMO_DEBUG")
-    assert exit_info.value.code == 2
-    assert "Traceback" in capsys.readouterr().err
-
-
-def test_a_multirun_is_checked_completely_before_any_run(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--multirun", *TINY, "method=base,mimmo", "train.epochs=1", f"output_dir={tmp_path}"])
-    assert exit_info.value.code == 2
-    assert "warm_start_epochs (1) must be < train.epochs (1)" in capsys.readouterr().err
-    assert not any(tmp_path.iterdir())
-
-
-def test_the_demo_checks_every_run_before_training_any(tmp_path, capsys, monkeypatch):
-    from mimmo.cli import demo
-
-    monkeypatch.setattr(demo, "train", lambda *a, **k: pytest.fail("trained before every run was checked"))
-    with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "--epochs", "1", "--output-dir", str(tmp_path / "demo")])
-    assert exit_info.value.code == 2
-    assert "the demo's mimmo run: method.warm_start_epochs (3) must be < train.epochs (1)" in capsys.readouterr().err
-    assert not (tmp_path / "demo").exists()
-
-
 @pytest.fixture
 def copied_run(finished_run, tmp_path):
     import shutil
@@ -507,12 +383,28 @@ def test_report_skips_a_run_without_test_results_and_fails_when_nothing_is_left(
     assert f"{copied_run}: metrics.json lacks ['test']" in err and "no valid run found" in err
 
 
-def test_the_contract_names_are_defined_once():
-    source = Path(SRC) / "mimmo"
-    homes = {"NON_SEMANTIC_KEYS =": ["config.py"], "os.replace(": ["runs/checkpoints.py", "runs/folder.py"]}
-    for name in ("FORMAT_VERSION =", "NON_SEMANTIC_KEYS =", '"metrics.json"', 'last.ckpt"', "os.replace("):
-        files = [str(p.relative_to(source)) for p in source.rglob("*.py") if name in p.read_text()]
-        expected = homes.get(name, ["runs/folder.py"])
-        assert sorted(files) == expected, (name, files)
+def test_an_atomic_write_that_fails_keeps_the_previous_file_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.json"
+    run_folder.write_json_atomic(path, {"test": 1})
+
+    def failing_replace(source, target):
+        raise OSError(errno.EIO, "input/output error")
+
+    monkeypatch.setattr(run_folder.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="input/output error"):
+        run_folder.write_json_atomic(path, {"test": 2})
+    assert json.loads(path.read_text()) == {"test": 1} and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
     assert OmegaConf.has_resolver("mimmo_non_semantic_keys")
-    assert signal.SIGTERM + 128 == 143
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stop_exits_with_128_plus_the_signal_number(signum, code, capsys):
+    from mimmo.cli.errors import run_reporting_errors
+    from mimmo.runs.signals import Interrupted
+
+    def stopped():
+        raise Interrupted(signum)
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_reporting_errors("train", stopped)
+    assert exit_info.value.code == code and capsys.readouterr().err.startswith("mimmo train: stopped by")

@@ -3,56 +3,22 @@
 from __future__ import annotations
 
 import csv
-import gzip
-import importlib.resources
-import json
 import math
-import pickle
-from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import load_file
+from tiny_runs import assert_refused_before_training, assert_same_weights, results, tiny, weights_of
 
 from mimmo import training
-from mimmo.cli import main
-from mimmo.config import compose
-from mimmo.data.datasets import ImageSet, load_embedded
-from mimmo.data.loader import BatchLoader
 from mimmo.evaluation.metrics import classification_metrics
 from mimmo.methods.base import LossOutput
 from mimmo.methods.mimmo import MIMMO
 from mimmo.runs.folder import read_json
 from mimmo.training import MethodModule, load_run, train
 
-TINY = ["model.planes=[4,4,4,4]", "model.layers=[1,1,1,1]", "model.stem_channels=4", "data.train_size=256",
-        "train.epochs=2", "train.batch_size=32", "train.eval_batch_size=500", "train.progress_bar=false",
-        "train.warm_start_epochs=1", "evaluation.shifted=false"]
 METRIC_KEYS = ("accuracy", "nll", "ece", "brier")
-
-
-def tiny(*overrides: str):
-    return compose([*TINY, *overrides])
-
-
-def weights_of(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / "weights.safetensors"))
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    first, second = weights_of(a), weights_of(b)
-    assert first.keys() == second.keys()
-    different = [key for key in first if not torch.equal(first[key], second[key])]
-    assert not different, f"tensors differ: {different[:5]}"
-
-
-def results(metrics: dict) -> str:
-    """What a run computes (not how long it took), as JSON text so that a NaN equals a NaN."""
-    keys = ("test", "validation", "cost", "exit_weights", "exit_weights_history")
-    return json.dumps({key: metrics[key] for key in keys}, sort_keys=True)
 
 
 class CutOff(Exception):
@@ -62,12 +28,6 @@ class CutOff(Exception):
 @pytest.fixture(scope="module")
 def batches_per_epoch() -> int:
     return len(training.load_splits(tiny()).train) // 32
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> tuple[Path, dict]:
-    run_dir = tmp_path_factory.mktemp("runs") / "reference"
-    return run_dir, train(tiny(), run_dir)
 
 
 # ----------------------------------------------------------------------------------------- a finished run
@@ -290,10 +250,6 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
 # ------------------------------------------------------------------------------------ bad input refused
 
 
-def assert_refused_before_training(run_dir: Path) -> None:
-    assert not (run_dir / "config.yaml").exists() and not (run_dir / "checkpoints").exists()
-
-
 @pytest.mark.parametrize(("overrides", "match"), [
     (["method.num_members=0"], r"num_members must be an integer >= 1, got 0"),
     (["method=mimo", "method.num_members=-1"], r"num_members must be an integer >= 1, got -1"),
@@ -337,191 +293,9 @@ def test_unknown_names_are_refused(tmp_path, key, value, match):
     assert_refused_before_training(tmp_path / "run")
 
 
-def test_missing_cifar_names_the_expected_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"/nonexistent/cifar-100-python"):
-        train(tiny("data=cifar100", "data.root=/nonexistent"), tmp_path / "run")
-    assert_refused_before_training(tmp_path / "run")
-
-
-GARBAGE = {
-    "text": b"this is not a CIFAR batch, just garbage bytes\n" * 20,
-    "zeros": bytes(4096),
-    "truncated": pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 3]})[:100],
-    "not_a_dict": pickle.dumps([1, 2, 3]),
-    "wrong_key": pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"fine_labels": [0, 1, 2, 3]}),
-    "wrong_size": pickle.dumps({b"data": np.zeros((4, 1000), np.uint8), b"labels": [0, 1, 2, 3]}),
-    "label_count": pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2]}),
-    # Opcode BINBYTES8 announcing 2**63 - 1 bytes: pickle raises OverflowError before reading anything.
-    "huge_length": b"\x8e" + b"\xff" * 7 + b"\x7f" + bytes(64),
-}
-
-
-@pytest.mark.parametrize("kind", sorted(GARBAGE))
-def test_corrupt_cifar_is_refused_with_a_value_error(tmp_path, kind):
-    folder = tmp_path / "data" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    (folder / "data_batch_1").write_bytes(GARBAGE[kind])
-    with pytest.raises(ValueError, match=r"data_batch_1"):
-        train(tiny("data=cifar10", f"data.root={tmp_path / 'data'}"), tmp_path / "run")
-    assert_refused_before_training(tmp_path / "run")
-
-
 # -------------------------------------------------------------------------------------------------- data
-
-
-@pytest.fixture(scope="module")
-def embedded():
-    return {"first": load_embedded(0), "again": load_embedded(0), "other": load_embedded(1)}
-
-
-def raw_embedded() -> tuple[np.ndarray, np.ndarray]:
-    folder = importlib.resources.files("animal_shape_mnist") / "data" / "Animal Shape"
-    with gzip.open(folder / "animal_data_version_3.gz", "rb") as f:
-        images = np.asarray(pickle.load(f), dtype=np.uint8)
-    with gzip.open(folder / "animal_label_version_3.gz", "rb") as f:
-        labels = np.asarray(pickle.load(f), dtype=np.int64)
-    return images, labels
-
-
-def all_images(splits) -> torch.Tensor:
-    return torch.cat([splits.train.images, splits.validation.images, splits.test.images]).flatten(1)
-
-
-def test_embedded_splits_are_disjoint_and_deduplicated(embedded):
-    splits = embedded["first"]
-    assert splits.input_shape == (1, 28, 28) and splits.num_classes == 10
-    assert splits.train.images.dtype == torch.uint8
-    images = all_images(splits)
-    assert len(torch.unique(images, dim=0)) == len(images)  # no image twice, within or across splits
-    raw_images, _ = raw_embedded()
-    assert len(raw_images) == 10_000
-    # every distinct image is used: only exact duplicates were dropped
-    assert len(images) == len(np.unique(raw_images.reshape(len(raw_images), -1), axis=0))
-
-
-def test_embedded_splits_are_stratified(embedded):
-    splits = embedded["first"]
-    labels = torch.cat([splits.train.labels, splits.validation.labels, splits.test.labels])
-    per_class = torch.bincount(labels, minlength=10)
-    test = torch.bincount(splits.test.labels, minlength=10)
-    validation = torch.bincount(splits.validation.labels, minlength=10)
-    assert bool(((test - 0.2 * per_class).abs() <= 1).all())
-    assert bool(((validation - 0.1 * (per_class - test)).abs() <= 1).all())
-    assert not bool((splits.train.labels[1:] >= splits.train.labels[:-1]).all())  # shuffled, not sorted
-
-
-def test_embedded_splits_are_deterministic_per_seed(embedded):
-    first, again, other = embedded["first"], embedded["again"], embedded["other"]
-    for name in ("train", "validation", "test"):
-        assert torch.equal(getattr(first, name).images, getattr(again, name).images)
-        assert torch.equal(getattr(first, name).labels, getattr(again, name).labels)
-    assert not torch.equal(first.test.images, other.test.images)
-    assert len(torch.unique(all_images(other), dim=0)) == len(all_images(first))
-
-
-def test_train_size_keeps_a_stratified_subset_and_the_same_held_out_sets(embedded):
-    full = embedded["first"]
-    small = load_embedded(0, train_size=200)
-    assert len(small.train) == 200
-    share = torch.bincount(full.train.labels, minlength=10) / len(full.train)
-    assert bool(((torch.bincount(small.train.labels, minlength=10) - 200 * share).abs() <= 1).all())
-    full_rows = {bytes(row.numpy()) for row in full.train.images.flatten(1)}
-    assert all(bytes(row.numpy()) in full_rows for row in small.train.images.flatten(1))
-    assert torch.equal(small.validation.images, full.validation.images)
-    assert torch.equal(small.test.images, full.test.images)
-    with pytest.raises(ValueError, match="train_size"):
-        load_embedded(0, train_size=10**6)
-    with pytest.raises(ValueError, match=r"validation_fraction must lie in \(0, 1\), got 1\.5"):
-        load_embedded(0, validation_fraction=1.5)
-
-
-def indexed_set(size: int) -> ImageSet:
-    """Image j is the constant j (uint8), label j: a batch shows which samples it holds."""
-    images = torch.arange(size, dtype=torch.uint8)[:, None, None, None].expand(size, 1, 2, 2).clone()
-    return ImageSet(images, torch.arange(size))
-
-
-def epoch_order(loader: BatchLoader, epoch: int) -> torch.Tensor:
-    loader.sampler.set_epoch(epoch)
-    batches = []
-    for images, labels in loader:
-        assert torch.equal(images[..., 0, 0, 0].long(), labels)  # images follow their labels
-        batches.append(labels)
-    return torch.cat(batches)
-
-
-def test_batch_loader_covers_every_sample_once_per_epoch():
-    loader = BatchLoader(indexed_set(103), 10, shuffle=True, seed=3)
-    assert len(loader) == 10
-    for epoch in range(3):
-        order = epoch_order(loader, epoch)
-        assert order.shape == (100,)
-        assert len(torch.unique(order)) == 100  # every sample at most once; only the remainder of 3 dropped
-
-
-def test_batch_loader_is_deterministic_per_seed_and_epoch():
-    data = indexed_set(103)
-    first = epoch_order(BatchLoader(data, 10, shuffle=True, seed=3), 0)
-    again = BatchLoader(data, 10, shuffle=True, seed=3)
-    assert torch.equal(epoch_order(again, 0), first)
-    assert not torch.equal(epoch_order(again, 1), first)  # another epoch, another order
-    assert torch.equal(epoch_order(again, 0), first)
-    assert not torch.equal(epoch_order(BatchLoader(data, 10, shuffle=True, seed=4), 0), first)
-
-
-def test_batch_loader_streams_are_independent_orders():
-    loader = BatchLoader(indexed_set(103), 10, shuffle=True, seed=3, streams=3)
-    loader.sampler.set_epoch(0)
-    batches = list(loader)
-    assert len(batches) == 10
-    images, labels = batches[0]
-    assert images.shape == (10, 3, 1, 2, 2) and labels.shape == (10, 3)
-    orders = torch.cat([y for _, y in batches])  # (100, 3)
-    for s in range(3):
-        assert len(torch.unique(orders[:, s])) == 100
-        assert torch.equal(torch.cat([x for x, _ in batches])[:, s, 0, 0, 0].long(), orders[:, s])
-    assert not torch.equal(orders[:, 0], orders[:, 1]) and not torch.equal(orders[:, 1], orders[:, 2])
-    # an independent order agrees with another in about 1 of 103 positions, not in most of them
-    assert int((orders[:, 0] == orders[:, 1]).sum()) < 10
-
-
-def test_batch_loader_in_evaluation_order_keeps_every_sample():
-    loader = BatchLoader(indexed_set(103), 10, shuffle=False)
-    assert len(loader) == 11
-    assert torch.equal(torch.cat([y for _, y in loader]), torch.arange(103))
-
-
-def test_batch_loader_splits_batches_between_processes():
-    data = indexed_set(103)
-    loaders = [BatchLoader(data, 10, shuffle=True, seed=3, rank=r, world_size=2) for r in (0, 1)]
-    assert [len(loader) for loader in loaders] == [10, 10]  # as many steps as one process
-    parts = [epoch_order(loader, 0) for loader in loaders]
-    assert all(len(p) == 50 for p in parts)  # each takes half of every batch of 10
-    assert len(torch.unique(torch.cat(parts))) == 100
-    whole = epoch_order(BatchLoader(data, 10, shuffle=True, seed=3), 0)
-    assert torch.equal(torch.sort(torch.cat(parts)).values, torch.sort(whole).values)
-    with pytest.raises(ValueError, match=r"train.batch_size \(10\) must be divisible by the number of processes \(3\)"):
-        BatchLoader(data, 10, shuffle=True, rank=0, world_size=3)
-
-
-def test_batch_loader_refuses_bad_sizes():
-    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
-        BatchLoader(indexed_set(5), 0, shuffle=False)
-    with pytest.raises(ValueError, match="batch_size 8 exceeds the 5 training samples"):
-        BatchLoader(indexed_set(5), 8, shuffle=True)
 
 
 # --------------------------------------------------------------------------------------------------- CLI
 
 
-def test_cost_command_prints_the_papers_base_cost(capsys):
-    main(["cost", "method=base", "data=cifar100"])
-    out = capsys.readouterr().out
-    assert "109.85 M FLOPs" in out and "1.76 M params" in out
-    assert "109,852,872 FLOPs" in out and "1,756,340 params" in out
-
-
-def test_cost_command_prints_the_papers_mimmo_cost(capsys):
-    main(["cost", "method=mimmo", "method.num_members=2", "data=cifar100"])
-    out = capsys.readouterr().out
-    assert "172.82 M FLOPs" in out and "2.04 M params" in out
