@@ -171,10 +171,10 @@ def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> None:
     write_json_atomic(Path(run_dir) / METRICS_FILE, metrics)
 
 
-def update_metrics(run_dir: str | Path, section: str, value: Any) -> dict[str, Any]:
-    """Set one section of a finished run's metrics.json, read again just before (the latest file keeps the rest)."""
+def update_metrics(run_dir: str | Path, sections: dict[str, Any]) -> dict[str, Any]:
+    """Set sections of a finished run's metrics.json, read again just before (the latest file keeps the rest)."""
     metrics = finished_metrics_of(run_dir)
-    metrics[section] = value
+    metrics.update(sections)
     write_metrics(run_dir, metrics)
     return metrics
 

@@ -37,7 +37,7 @@ def add_anytime(run_dir: str | Path, thresholds: Sequence[float] = DEFAULT_THRES
     table = anytime_sweep(method, splits.test, normalizer, thresholds, batch, device)
     validation = anytime_sweep(method, splits.validation, normalizer, thresholds, batch, device)
     table["validation"] = {key: validation[key] for key in ("thresholds", "full", "num_images")}
-    update_metrics(run_dir, "anytime", table)
+    update_metrics(run_dir, {"anytime": table})
     return table
 
 
@@ -51,7 +51,7 @@ def add_pruned(run_dir: str | Path, eps: float, device: str | torch.device = "cp
     section |= evaluate_readouts(method, splits.test, normalizer, {"pruned": Readout(weights=pruned_weights(
         method, eps))}, int(cfg.train.eval_batch_size), device, shift_seed=int(cfg.seed),
         shifted=bool(cfg.evaluation.shifted))["pruned"]
-    update_metrics(run_dir, "pruned", section)
+    update_metrics(run_dir, {"pruned": section})
     return section
 
 
@@ -59,16 +59,14 @@ def add_ood(run_dir: str | Path, device: str | torch.device = "cpu") -> dict[str
     """Evaluate OOD detection on the run's OOD sets, selective classification and the entropy decomposition (clean
     and, per the run's ``evaluation.shifted``, shifted test sets) into metrics.json's ``ood``, ``selective`` and
     ``decomposition`` sections (also for a run whose ``evaluation.ood`` is false); returns them."""
-    run_dir, _ = _finished(run_dir)
+    finished_metrics_of(run_dir)  # a run that is not finished is refused before any work
     method, normalizer, cfg = load_run(run_dir, device)
     splits = load_splits(cfg)
     raw = evaluate_readouts(method, splits.test, normalizer, {"raw": RAW}, int(cfg.train.eval_batch_size), device,
                             shift_seed=int(cfg.seed), shifted=bool(cfg.evaluation.shifted),
                             ood_sets=ood_sets(cfg, splits, force=True))["raw"]
     sections = {section: raw[section] for section in UNCERTAINTY_SECTIONS}
-    metrics = read_json(run_dir / METRICS_FILE)  # read again: the sections are merged into the latest file
-    metrics.update(sections)
-    write_json_atomic(run_dir / METRICS_FILE, metrics)
+    update_metrics(run_dir, sections)
     return sections
 
 
@@ -86,7 +84,7 @@ def calibrate_run(run_dir: str | Path, device: str | torch.device = "cpu") -> di
     section = calibrated_section(fit, evaluation["calibrated"])
     section["seconds"] = time.perf_counter() - start
     write_calibration(run_dir, section)
-    update_metrics(run_dir, "calibrated", section)
+    update_metrics(run_dir, {"calibrated": section})
     return section
 
 
