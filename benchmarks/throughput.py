@@ -227,20 +227,21 @@ def bare_window(module, args: argparse.Namespace, device: torch.device) -> tuple
     replays one (``train.cuda_graphs``)."""
     from mimmo.data.loader import BatchLoader
     from mimmo.training.module import cuda_graphs_available, make_graph_backend
-    from mimmo.training.step import TrainingStep, prepare_optimizer
+    from mimmo.training.step import TrainingStep, eager_reason, prepare_optimizer
 
     method = module.method
     module.to(device)
     method.train()
     optimizer = torch.optim.Adam(method.parameters(), lr=module.train_cfg.lr, weight_decay=0.0)
-    graphs = module.train_cfg.cuda_graphs in ("auto", True) and cuda_graphs_available(device, 1)
+    graphs = (module.train_cfg.cuda_graphs in ("auto", True) and cuda_graphs_available(device, 1)
+              and eager_reason(module.train_cfg, "single_device") is None)
     prepare_optimizer(optimizer, graphs, device)
     loader = BatchLoader(module.data.train.to(device), args.batch_size, shuffle=True, seed=module.seed,
                          streams=method.data_streams)
     batches: Iterator = iter(loader)
     num_batches = len(loader)
     train_step = TrainingStep(module.training_loss, method.graph_key, module.prepare, optimizer,
-                              graphs=make_graph_backend(device) if graphs else None)
+                              graphs=make_graph_backend(device) if graphs else None, module=method)
 
     def step(index: int) -> None:
         images, labels = next(batches)

@@ -139,7 +139,7 @@ def test_a_run_cut_off_eagerly_resumes_graphed_and_back(tmp_path, recording, mon
 
 def test_cuda_graphs_true_is_refused_without_a_gpu(tmp_path):
     with pytest.raises(ValueError, match=r"train\.cuda_graphs=true needs one CUDA device"):
-        train(tiny("train.cuda_graphs=true"), tmp_path)
+        train(tiny("train.cuda_graphs=true", "train.accelerator=auto"), tmp_path)
 
 
 def test_a_graphed_step_refuses_a_batch_of_another_shape():

@@ -69,6 +69,9 @@ class RecordingGraphs:
             fn()
         return replay
 
+    def recover(self) -> None:
+        pass
+
 
 def train_eagerly_with_a_tensor_learning_rate(cfg, run_dir):
     """The eager reference for a graphed run: the same optimiser numerics (a float32 tensor learning rate rounds

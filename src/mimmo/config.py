@@ -16,7 +16,6 @@ from typing import Any
 
 import hydra
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.singleton import Singleton
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = str(Path(__file__).parent / "configs")
@@ -94,13 +93,16 @@ register_resolvers()  # run folder names and the non-semantic settings
 def compose(overrides: list[str]) -> DictConfig:
     """The config for ``overrides`` without running anything (no Hydra run directory); also from inside a running
     Hydra application (a job of a ``--multirun`` sweep), whose global Hydra state is set aside meanwhile."""
-    saved = Singleton._instances.pop(GlobalHydra, None)  # what hydra.initialize_config_dir would refuse to replace
+    running = GlobalHydra.instance()  # a running application's global state, or an empty one (public API only)
+    application = running.hydra
+    running.clear()  # hydra.initialize_config_dir refuses to start while it is initialised
     try:
         with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             return hydra.compose(config_name="config", overrides=list(overrides))
     finally:
-        if saved is not None:
-            Singleton._instances[GlobalHydra] = saved
+        GlobalHydra.set_instance(running)  # initialize_config_dir put back a copy of the cleared state
+        if application is not None:
+            running.initialize(application)
 
 
 def check_overrides_parse(overrides: list[str]) -> None:

@@ -11,14 +11,16 @@ from typing import TypeVar
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from mimmo import RunStopped
 from mimmo.runs.folder import DiskFull, RunFolderBusy
 
 # Errors that mean "this input is not allowed" (exit status 2), not a bug in mimmo.
 REFUSALS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, RunFolderBusy,
             HydraException, OmegaConfBaseException)
 # Errors that are not the input's fault but that the message fully explains (exit status 1): a non-finite loss,
-# no network for data.download=true, a full disk.
-ENVIRONMENT = (FloatingPointError, ConnectionError, DiskFull)
+# no network for data.download=true, a full disk, a CUDA graph that failed under train.cuda_graphs=true, a library
+# outside the tested range (RunStopped).
+ENVIRONMENT = (FloatingPointError, ConnectionError, DiskFull, RunStopped)
 T = TypeVar("T")
 
 

@@ -177,10 +177,10 @@ def check_method_options(grid: Grid, extra: Sequence[str]) -> None:
 
 def expand(sweep: Sequence[str]) -> list[tuple[str, ...]]:
     """The runs of one sweep, each as the override strings Hydra's basic sweeper gives its job (in its order)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from mimmo.training.compat import split_sweep
 
     parsed = [o for o in _parse(sweep) if not o.is_hydra_override()]
-    batches = BasicSweeper.split_arguments(parsed, None)
+    batches = split_sweep(parsed)
     return [tuple(job) for batch in batches for job in batch]
 
 

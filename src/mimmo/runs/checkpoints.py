@@ -3,7 +3,6 @@ rebuilt from its folder (:func:`load_run`)."""
 
 from __future__ import annotations
 
-import csv
 import os
 import pickle
 import zipfile
@@ -12,10 +11,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -34,33 +29,13 @@ from mimmo.runs.folder import (
     temporary_name,
 )
 from mimmo.training.build import build_method_from_config, flattens_images, input_spec
+from mimmo.training.compat import WritingCheckpoint
 
 
-class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer deletes an existing metrics.csv; a resumed run appends to it instead."""
-
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                self.metrics_keys = next(csv.reader(f), [])
-
-
-class ResumableCSVLogger(CSVLogger):
-    """CSVLogger whose log/metrics.csv survives a resume (the epochs before the cut stay in it)."""
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
-
-
-class AtomicCheckpoint(ModelCheckpoint):
+class AtomicCheckpoint(WritingCheckpoint):
     """ModelCheckpoint that writes to a temporary file and renames it, so last.ckpt is never half-written."""
 
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+    def write(self, trainer: L.Trainer, filepath: str) -> None:
         temporary = temporary_name(filepath)
         try:
             trainer.save_checkpoint(temporary, self.save_weights_only)
@@ -71,8 +46,6 @@ class AtomicCheckpoint(ModelCheckpoint):
             raise
         if trainer.is_global_zero:
             os.replace(temporary, filepath)
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -105,7 +78,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[M
         input_shape, num_classes = tuple(metrics["data_shape"]), int(metrics["num_classes"])
     else:
         input_shape, num_classes = input_spec(cfg)
-    method = build_method_from_config(cfg, input_shape, num_classes)
+    method = build_method_from_config(cfg, input_shape, num_classes, training=False)
     path = run_dir / WEIGHTS_FILE
     try:
         tensors = load_file(str(path))

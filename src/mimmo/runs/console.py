@@ -116,4 +116,17 @@ def run_summary(run_dir: str | Path, metrics: dict[str, Any], reused: bool = Fal
         parts = [f"{name} {format_duration(value)}" for name, value in
                  (("training", train_seconds), ("evaluation", evaluate_seconds)) if value is not None]
         lines.append("time: " + ", ".join(parts))
+    if metrics.get("cuda_graphs"):
+        lines.append(f"CUDA graphs: {graphs_summary(metrics['cuda_graphs'])}")
     return "\n".join(lines)
+
+
+def graphs_summary(graphs: dict[str, Any]) -> str:
+    """``used (1 capture, 40 replays)``, ``fell back to eager steps (why)`` or ``off (why)``: metrics.json's
+    ``cuda_graphs`` in words."""
+    if graphs.get("fallback_reason"):
+        return f"fell back to eager steps ({graphs['fallback_reason']})"
+    if graphs.get("used"):
+        captures = graphs["captures"]
+        return f"used ({captures} capture{'s' * (captures != 1)}, {graphs['replays']} replays)"
+    return "off" + (f" ({graphs['off_reason']})" if graphs.get("off_reason") else "")

@@ -111,6 +111,7 @@ def evaluate_run(run_dir: str | Path, device: str | torch.device = "cpu") -> dic
         start = time.perf_counter()
         results = evaluate_model(cfg, method, normalizer, splits, device)
         results["exit_weights_history"] = previous.get("exit_weights_history")
+        results["cuda_graphs"] = previous.get("cuda_graphs")
         results["time"] = {**previous.get("time", {}), "evaluate_seconds": time.perf_counter() - start}
         for section in POSTHOC_SECTIONS:
             if section not in results and previous.get(section) is not None:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from mimmo.data.datasets import Normalizer, Splits
 from mimmo.data.registry import check_data, dataset_identity
 from mimmo.methods.base import Method
-from mimmo.runs.checkpoints import AtomicCheckpoint, ResumableCSVLogger, load_checkpoint, save_weights
+from mimmo.runs.checkpoints import AtomicCheckpoint, load_checkpoint, save_weights
 from mimmo.runs.console import run_summary
 from mimmo.runs.evaluate import evaluate_model, write_calibration_of
 from mimmo.runs.folder import (
@@ -42,6 +42,7 @@ from mimmo.runs.loggers import extra_loggers, finish_loggers
 from mimmo.runs.provenance import provenance
 from mimmo.runs.signals import Interrupted, SignalStop, StopAtBatchEnd, stop_on_signals
 from mimmo.training.build import build_normalizer, configure_threads, prepare_run
+from mimmo.training.compat import ResumableCSVLogger
 from mimmo.training.ddp import DDP_LAUNCH_ENVIRONMENT, trainer_strategy
 from mimmo.training.loggers import check_loggers
 from mimmo.training.module import MethodModule
@@ -123,6 +124,7 @@ def _fit_and_finish(cfg: DictConfig, run_dir: Path, splits: Splits, method: Meth
     except SIGTERMException as error:  # Lightning's own SIGTERM stop (a bare SystemExit): not a finished run
         raise Interrupted(stop.received or signal.SIGTERM) from error
     finally:
+        module.release_step()  # graphs freed now, not whenever the module's reference cycles are collected
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # (ddp) the next run in this process starts its own
         for key, value in environment.items():
@@ -133,25 +135,28 @@ def _fit_and_finish(cfg: DictConfig, run_dir: Path, splits: Splits, method: Meth
     train_seconds = time.perf_counter() - start
     if not trainer.is_global_zero:
         return {}
-    history = module.exit_weight_history
-    if not history and checkpoint.exists():
+    history, graphs = module.exit_weight_history, module.cuda_graphs_record()
+    if not module.graph_records and checkpoint.exists():
         # ddp_spawn trained in other processes: this process got the final weights back from rank 0 (Lightning
         # loads them into the module), but not the module's Python state; rank 0 saved it in the last checkpoint.
-        history = load_checkpoint(checkpoint).get("exit_weight_history", [])
+        saved = load_checkpoint(checkpoint)
+        history, graphs = saved.get("exit_weight_history", []), saved.get("cuda_graphs", graphs)
     # Lightning moves the module to the CPU after fit; evaluate on the device it trained on (rank 0's).
     metrics = finish_run(run_dir, cfg, method, normalizer, splits, history, train_seconds,
-                         trainer.strategy.root_device)
+                         trainer.strategy.root_device, graphs)
     finish_loggers(extras, metrics, trainer.global_step)
     log.info("%s", run_summary(run_dir, metrics))
     return metrics
 
 
 def finish_run(run_dir: Path, cfg: DictConfig, method: Method, normalizer: Normalizer, splits: Splits,
-               exit_weight_history: list, train_seconds: float, device: torch.device) -> dict[str, Any]:
+               exit_weight_history: list, train_seconds: float, device: torch.device,
+               cuda_graphs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate the final model, save its weights and write metrics.json (last, atomically)."""
     start = time.perf_counter()
     results = evaluate_model(cfg, method, normalizer, splits, device)
     results["exit_weights_history"] = exit_weight_history or None
+    results["cuda_graphs"] = cuda_graphs
     results["time"] = {"train_seconds": train_seconds, "evaluate_seconds": time.perf_counter() - start}
     results["provenance"] = provenance(device)
     save_weights(run_dir / WEIGHTS_FILE, method.cpu(), normalizer.cpu())

@@ -19,7 +19,10 @@ from mimmo.methods.registry import build_method
 from mimmo.models.backbone import backbone_input_shape
 from mimmo.models.registry import build_backbone_factory
 from mimmo.training.loggers import check_loggers
+from mimmo.training.compat import check_private_api
+from mimmo.training.ddp import trainer_strategy
 from mimmo.training.recipe import graphs_capturable, setting, validate_recipe
+from mimmo.training.step import FP16_MIXED, eager_reason
 
 
 def model_input_shape(cfg: DictConfig, data_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -45,11 +48,13 @@ def method_options(cfg: DictConfig) -> dict[str, Any]:
     return options
 
 
-def build_method_from_config(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int) -> Method:
-    """Validate the config against the data shape and build the method (seeded by ``cfg.seed``)."""
+def build_method_from_config(cfg: DictConfig, data_shape: tuple[int, ...], num_classes: int,
+                             training: bool = True) -> Method:
+    """Validate the config against the data shape and build the method (seeded by ``cfg.seed``); ``training``
+    False (a finished run's method) skips the checks of how steps run."""
     factory = build_backbone_factory(cfg.model)
     input_shape = backbone_input_shape(factory, data_shape)
-    validate_training(cfg)
+    validate_training(cfg, training)
     L.seed_everything(int(cfg.seed), workers=False, verbose=False)
     method = build_method(cfg.method.name, factory, input_shape[0], num_classes, method_options(cfg))
     with torch.no_grad():
@@ -63,8 +68,9 @@ def build_method_from_config(cfg: DictConfig, data_shape: tuple[int, ...], num_c
     return method
 
 
-def validate_training(cfg: DictConfig) -> None:
-    """Refuse training settings outside what is allowed (before anything is built or written)."""
+def validate_training(cfg: DictConfig, training: bool = True) -> None:
+    """Refuse training settings outside what is allowed (before anything is built or written); ``training`` False
+    leaves out the checks of how steps run (precision, CUDA graphs), which a finished run no longer needs."""
     train = cfg.train
     lr = train.lr
     checks = [
@@ -97,15 +103,30 @@ def validate_training(cfg: DictConfig) -> None:
     check_ood_config(cfg)  # evaluation.ood, evaluation.ood_sets (data.holdout_classes: dataset_shape, load_data)
     validate_recipe(train)
     check_loggers(train.get("loggers", ["csv"]))  # a missing package is named with its extra, before any folder
-    if train.get("cuda_graphs", "auto") is True and not graphs_capturable(train):
-        raise ValueError(f"train.cuda_graphs=true needs train.optimizer=adam (torch's SGD step cannot be captured in "
-                         f"a CUDA graph), got train.optimizer={setting(train, 'optimizer')}; use "
-                         "train.cuda_graphs=auto (eager steps for sgd) or false")
+    if training:
+        validate_steps(train)
     warm = cfg.method.get("warm_start_epochs")
     if warm is not None and warm >= train.epochs:
         raise ValueError(f"method.warm_start_epochs ({warm}) must be < train.epochs ({train.epochs}): during the "
                          "warm start the exit weights stay at the prior, so nothing would be learned "
                          "(use method=mimmo_gamma for a run with fixed weights)")
+
+
+def validate_steps(train: DictConfig) -> None:
+    """Refuse ``train.cuda_graphs=true`` where steps cannot be graphs, and fp16 mixed precision (no loss scaler)."""
+    if train.get("cuda_graphs", "auto") is True and not graphs_capturable(train):
+        raise ValueError(f"train.cuda_graphs=true needs train.optimizer=adam (torch's SGD step cannot be captured in "
+                         f"a CUDA graph), got train.optimizer={setting(train, 'optimizer')}; use "
+                         "train.cuda_graphs=auto (eager steps for sgd) or false")
+    if train.get("cuda_graphs", "auto") is True:
+        reason = "accelerator cpu" if str(train.accelerator) == "cpu" else eager_reason(train, trainer_strategy(train))
+        if reason is not None:
+            raise ValueError(f"train.cuda_graphs=true cannot replay steps as CUDA graphs with {reason}; use "
+                             "train.cuda_graphs=auto (eager steps there) or false")
+    if str(train.precision) in FP16_MIXED:
+        raise ValueError(f"train.precision={train.precision} is not supported: mimmo steps the optimiser itself "
+                         "(manual optimisation), without the loss scaler's unscale and skip of non-finite steps that "
+                         "fp16 needs; use train.precision=bf16-mixed (or 32)")
 
 
 def check_data_fits(cfg: DictConfig, splits: Splits) -> None:
@@ -130,6 +151,7 @@ def channels_last_is_safe(method: torch.nn.Module, input_channels: int) -> bool:
 def prepare_run(cfg: DictConfig) -> tuple[Splits, Method]:
     """Everything a run checks before its folder exists: the settings, the data (loaded and checked on load)
     and the method built on it. ValueError (or FileNotFoundError for missing data) names what is wrong."""
+    check_private_api()  # an installed Lightning without the private methods mimmo overrides
     check_known_keys(cfg)  # a setting no config file declares would be read by nothing
     validate_training(cfg)
     splits = load_splits(cfg)

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from omegaconf import DictConfig
 
 from mimmo.data.augment import augmentation, member_views
@@ -15,9 +16,10 @@ from mimmo.data.loader import BatchLoader
 from mimmo.evaluation.metrics import classification_metrics
 from mimmo.methods.base import Method, Progress
 from mimmo.training.build import channels_last_is_safe
+from mimmo.training.compat import counted_step
 from mimmo.training.loggers import log_exit_weights
-from mimmo.training.recipe import build_optimizer, build_schedule, graphs_capturable, setting
-from mimmo.training.step import CudaGraphs, GraphBackend, TrainingStep, prepare_optimizer
+from mimmo.training.recipe import build_optimizer, build_schedule, setting
+from mimmo.training.step import CudaGraphs, GraphBackend, TrainingStep, eager_reason, prepare_optimizer
 
 
 def cuda_graphs_available(device: torch.device, world_size: int) -> bool:
@@ -49,19 +51,27 @@ class MethodModule(L.LightningModule):
         self.exit_weight_history: list[list[list[float]]] = []
         self.validation_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.step: TrainingStep | None = None
+        self.graphs_off_reason: str | None = None  # why steps are eager (known at the first step)
+        self.graph_records: list[dict[str, Any]] = []  # of earlier fits (a resumed run's checkpoint) and this one
         self.epoch_sums: torch.Tensor | None = None
         self.augment = augmentation(setting(cfg.train, "augment"))  # None for train.augment=none
 
     def uses_cuda_graphs(self) -> bool:
         """``train.cuda_graphs``: auto (the default) replays training steps as CUDA graphs on a GPU when one
-        process trains with Adam (data-parallel runs stay eager: their gradient all-reduce is not captured; so do
-        SGD runs: :func:`~mimmo.training.recipe.graphs_capturable`)."""
+        process trains with Adam in 32-bit or bf16-mixed precision, without ``train.compile``; any other run is
+        eager (:func:`~mimmo.training.step.eager_reason`), and true refuses it. Records why steps are eager."""
         graphs = self.train_cfg.get("cuda_graphs", "auto")
-        available = cuda_graphs_available(self.device, self.trainer.world_size)
-        if graphs is True and not available:
+        single = isinstance(self.trainer.strategy, SingleDeviceStrategy)
+        reason = eager_reason(self.train_cfg, "single_device" if single else type(self.trainer.strategy).__name__)
+        if not cuda_graphs_available(self.device, self.trainer.world_size):
+            reason = (f"training on {self.device.type}, not a CUDA device" if self.device.type != "cuda"
+                      else f"{self.trainer.world_size} processes")
+        if graphs is True and reason is not None:
             raise ValueError(f"train.cuda_graphs=true needs one CUDA device and one process; this run trains on "
-                             f"{self.device.type} with {self.trainer.world_size} process(es) (use auto or false)")
-        return available and graphs_capturable(self.train_cfg) if graphs == "auto" else bool(graphs)
+                             f"{self.device.type} with {self.trainer.world_size} process(es): {reason} (use auto or "
+                             "false)")
+        self.graphs_off_reason = "train.cuda_graphs=false" if graphs is False else reason
+        return self.graphs_off_reason is None
 
     def configure_optimizers(self) -> dict[str, Any]:
         # Its form for the (graphed or eager) step is set at the first step, after a resumed checkpoint is loaded.
@@ -108,7 +118,8 @@ class MethodModule(L.LightningModule):
         return bool(setting)
 
     def on_fit_start(self) -> None:
-        self.step, self.epoch_sums = None, None  # a new fit has a new optimiser: its step is made at the first batch
+        self.release_step()  # a new fit has a new optimiser: its step is made at the first batch
+        self.epoch_sums = None
         if self.uses_channels_last():
             self.method.to(memory_format=torch.channels_last)  # the weights' layout; the values stay
 
@@ -137,12 +148,11 @@ class MethodModule(L.LightningModule):
             prepare_optimizer(optimizer.optimizer, graphs, self.device)
             self.step = TrainingStep(self.training_loss, self.method.graph_key, self.prepare_training,
                                      optimizer.optimizer, backward=self.manual_backward,
-                                     graphs=make_graph_backend(self.device) if graphs else None)
+                                     graphs=make_graph_backend(self.device) if graphs else None, module=self.method,
+                                     required=self.train_cfg.get("cuda_graphs", "auto") is True)
         if self.augment is not None and self.method.augment_views > 1:  # one view per member, augmented apart
             images, labels = member_views(images, labels, self.method.augment_views)
-        optimizer._on_before_step()  # Lightning counts optimiser steps (global_step) through these two hooks
-        stats = self.step(images, labels, progress)
-        optimizer._on_after_step()
+        stats = counted_step(optimizer, lambda: self.step(images, labels, progress))
         self.epoch_sums = stats if self.epoch_sums is None else self.epoch_sums + stats
         self.epoch_steps += 1
         self.unchecked_losses.append(stats[0])
@@ -199,7 +209,26 @@ class MethodModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["exit_weight_history"] = self.exit_weight_history
+        checkpoint["cuda_graphs"] = self.cuda_graphs_record()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.exit_weight_history = checkpoint.get("exit_weight_history", [])
+        self.graph_records = [checkpoint["cuda_graphs"]] if checkpoint.get("cuda_graphs") else []
+
+    def release_step(self) -> None:
+        """Drop the training step and its CUDA graph (end of a fit): its counts are kept for metrics.json."""
+        if self.step is not None:
+            self.graph_records.append(self.step.record())
+            self.step.release()
+        self.step = None
+
+    def cuda_graphs_record(self) -> dict[str, Any]:
+        """metrics.json's ``cuda_graphs``: the setting, whether steps were replayed as graphs, why they fell back to
+        eager steps (if they did), the captures and replays (over the run's fits), and why steps were eager."""
+        records = [*self.graph_records, *([self.step.record()] if self.step is not None else [])]
+        return {"requested": self.train_cfg.get("cuda_graphs", "auto"),
+                "used": any(r["used"] for r in records),
+                "fallback_reason": next((r["fallback_reason"] for r in records if r["fallback_reason"]), None),
+                "captures": sum(r["captures"] for r in records), "replays": sum(r["replays"] for r in records),
+                "off_reason": self.graphs_off_reason}
 
