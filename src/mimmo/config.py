@@ -100,7 +100,8 @@ def compose(overrides: list[str]) -> DictConfig:
         with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             return hydra.compose(config_name="config", overrides=list(overrides))
     finally:
-        GlobalHydra.set_instance(running)  # initialize_config_dir put back a copy of the cleared state
+        running.clear()  # initialize_config_dir initialised it meanwhile, then put back a copy of it cleared
+        GlobalHydra.set_instance(running)
         if application is not None:
             running.initialize(application)
 
