@@ -18,9 +18,9 @@ from mimmo.methods.base import Method, is_integer
 from mimmo.methods.registry import build_method
 from mimmo.models.backbone import backbone_input_shape
 from mimmo.models.registry import build_backbone_factory
-from mimmo.training.loggers import check_loggers
 from mimmo.training.compat import check_private_api
 from mimmo.training.ddp import trainer_strategy
+from mimmo.training.loggers import check_loggers
 from mimmo.training.recipe import graphs_capturable, setting, validate_recipe
 from mimmo.training.step import FP16_MIXED, eager_reason
 
