@@ -343,7 +343,7 @@ def test_provenance_header_names_the_runs_that_differ(tmp_path: Path):
         {k: v for k, v in json.loads((root / "base1" / "metrics.json").read_text()).items() if k != "provenance"}))
     text = report([root], tmp_path / "out", figures=False)
     assert "The 8 runs differ in where they were computed:" in text
-    assert "- 6 runs: commit aaaaaaaaaa, torch 2.13.0+cpu, 1 thread, cpu, x86_64:" in text
+    assert "- 6 runs: commit aaaaaaaaaa, torch 2.13.0+cpu, 1 thread, cpu, x86_64: the others" in text
     assert "- 1 run: commit aaaaaaaaaa, torch 2.13.0+cpu, 2 threads, cpu, x86_64: `mimo2`" in text
     assert "- 1 run: no provenance recorded (saved before it was): `base1`" in text
 

@@ -157,8 +157,8 @@ def provenance_markdown(runs: Sequence[Run]) -> str:
         return "\n".join(lines) + "\n"
     lines.append(f"The {len(runs)} runs differ in where they were computed:")
     lines.append("")
-    for key, members in sorted(combos.items(), key=lambda kv: -len(kv[1])):
+    for index, (key, members) in enumerate(sorted(combos.items(), key=lambda kv: -len(kv[1]))):
         what = "no provenance recorded (saved before it was)" if key is None else _provenance_text(key)
-        names = ", ".join(f"`{run.path.name}`" for run in members)
+        names = "the others" if index == 0 else ", ".join(f"`{run.path.name}`" for run in members)
         lines.append(f"- {len(members)} run{'s' if len(members) != 1 else ''}: {what}: {names}")
     return "\n".join(lines) + "\n"
