@@ -156,10 +156,12 @@ def test_posthoc_commands_refuse_unfinished_runs(tmp_path, capsys):
 
 def test_a_plain_reevaluation_keeps_the_posthoc_sections_it_does_not_compute(run_dir):
     metrics = read_json(run_dir / "metrics.json")
-    metrics |= {"anytime": {"marker": 1}, "pruned": {"marker": 2}}
+    metrics |= {"anytime": {"marker": 1}, "pruned": {"marker": 2}, "provenance": {"commit": "trained-here"}}
     write_json_atomic(run_dir / "metrics.json", metrics)
     main(["evaluate", str(run_dir)])
     again = read_json(run_dir / "metrics.json")
+    assert again["provenance"] == {"commit": "trained-here"}  # the training's, kept
+    assert again["evaluation_provenance"]["torch"] == torch.__version__  # this evaluation's, beside it
     assert again["anytime"] == {"marker": 1} and again["pruned"] == {"marker": 2}
     assert again["calibrated"]["temperature"] == read_json(run_dir / CALIBRATION_FILE)["temperature"]
     assert again["test"]["accuracy"] != 0.123  # the raw metrics were computed again

@@ -29,6 +29,7 @@ from mimmo.runs.folder import (
     write_calibration,
     write_metrics,
 )
+from mimmo.runs.provenance import provenance
 from mimmo.runs.signals import stop_on_signals
 from mimmo.training.build import load_splits, model_input_shape
 
@@ -112,6 +113,9 @@ def evaluate_run(run_dir: str | Path, device: str | torch.device = "cpu") -> dic
         results = evaluate_model(cfg, method, normalizer, splits, device)
         results["exit_weights_history"] = previous.get("exit_weights_history")
         results["cuda_graphs"] = previous.get("cuda_graphs")
+        # the training's provenance stays (reports group runs by it); this evaluation's is recorded beside it
+        results["provenance"] = previous.get("provenance")
+        results["evaluation_provenance"] = provenance(device)
         results["time"] = {**previous.get("time", {}), "evaluate_seconds": time.perf_counter() - start}
         for section in POSTHOC_SECTIONS:
             if section not in results and previous.get(section) is not None:
