@@ -344,10 +344,11 @@ def test_bad_recipe_values_are_refused_before_training(tmp_path, overrides, matc
 UNREAD = [("+train.weight_decay2=0.5", "train.weight_decay2", "the train settings are accelerator, augment, "),
           ("+data.foo=1", "data.foo", "the data settings are .*name, root, test_fraction, train_size, "
                                       "validation_fraction"),
-          ("+method.bar=2", "method.bar", "the method settings are alpha, input_repetition, name, "),
+          ("+method.bar=2", "method.bar", "the method settings are alpha, input_repetition, kl_convention, name, "),
           ("+model.x=1", "model.x", "the model settings are layers, name, planes, stem_channels, strides, width"),
           ("+foo=1", "foo", "the top-level settings are data, evaluation, method, model, output_dir, seed, train"),
-          ("+evaluation.bins=15", "evaluation.bins", "the evaluation settings are calibrate, prune_exits, shifted")]
+          ("+evaluation.bins=15", "evaluation.bins",
+           "the evaluation settings are calibrate, ood, ood_sets, prune_exits, shifted")]
 
 
 @pytest.mark.parametrize(("override", "key", "allowed"), UNREAD)
