@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_training import TINY, tiny
+from tiny_runs import TINY, tiny
 
 from mimmo.cli import main
 from mimmo.data import ImageSet, Splits
