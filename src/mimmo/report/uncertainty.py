@@ -43,6 +43,13 @@ def ood_set_names(groups: Sequence[RunGroup]) -> list[str]:
     return list(names)
 
 
+def _table(title: str, header: list[str], rows: list[list[str]], note: str) -> str:
+    """One Markdown table of this section: a heading, the header, one row per method, a note under it."""
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|:--" + "|--:" * (len(header) - 1) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join([*lines, "", note]) + "\n"
+
+
 def ood_markdown(groups: Sequence[RunGroup]) -> str:
     """Per table (dataset, M) and OOD set: AUROC and FPR95 of every score, one row per method."""
     texts = []
@@ -51,16 +58,14 @@ def ood_markdown(groups: Sequence[RunGroup]) -> str:
             scores = [s for s in SCORES if any(run.get("ood", "sets", set_name, "metrics", s)
                                                for g in table.groups for run in g.runs)]
             header = ["Method", *(f"{SCORE_NAMES[s]}: {m}" for s in scores for m in ("AUROC", "FPR95"))]
-            lines = [f"### OOD detection, {set_name}: {table.title}", "", "| " + " | ".join(header) + " |",
-                     "|:--" + "|--:" * (len(header) - 1) + "|"]
-            for group in table.groups:
-                cells = [_cell(group, "ood", "sets", set_name, "metrics", s, m, scale=100)
-                         for s in scores for m in ("auroc", "fpr95")]
-                lines.append("| " + " | ".join([row_label(group, table), *cells]) + " |")
-            lines += ["", "AUROC and FPR at 95% TPR in %, mean ± half-width of the 95% t interval over seeds; AUROC: "
-                      "higher is better, FPR95: lower is better; – where a method has no such score (an MI needs "
-                      "several members or exits) or a run has no ood section."]
-            texts.append("\n".join(lines) + "\n")
+            rows = [[row_label(group, table), *(_cell(group, "ood", "sets", set_name, "metrics", s, m, scale=100)
+                                                for s in scores for m in ("auroc", "fpr95"))]
+                    for group in table.groups]
+            texts.append(_table(
+                f"OOD detection, {set_name}: {table.title}", header, rows,
+                "AUROC and FPR at 95% TPR in %, mean ± half-width of the 95% t interval over seeds; AUROC: higher is "
+                "better, FPR95: lower is better; – where a method has no such score (an MI needs several members or "
+                "exits) or a run has no ood section."))
     return "\n".join(texts)
 
 
@@ -72,16 +77,15 @@ def selective_markdown(groups: Sequence[RunGroup]) -> str:
         if not any(run.get("selective") for g in table.groups for run in g.runs):
             continue
         header = ["Method", *(title for _, title in SELECTIVE_COLUMNS), "Shifted: AURC", "Shifted: E-AURC"]
-        lines = [f"### Selective classification: {table.title}", "", "| " + " | ".join(header) + " |",
-                 "|:--" + "|--:" * (len(header) - 1) + "|"]
-        for group in table.groups:
-            cells = [_cell(group, "selective", "test", key, scale=100) for key, _ in SELECTIVE_COLUMNS]
-            cells += [_cell(group, "selective", "shifted", key, "mean", scale=100) for key in ("aurc", "e_aurc")]
-            lines.append("| " + " | ".join([row_label(group, table), *cells]) + " |")
-        lines += ["", "In %, lower is better. Risk: the error rate of the most confident samples (confidence: the "
-                  "mixture's top probability); AURC: its mean over all coverages; E-AURC: AURC minus the AURC of the "
-                  "best ranking of the same errors. Shifted: the mean over the 25 shifted sets."]
-        texts.append("\n".join(lines) + "\n")
+        rows = [[row_label(group, table),
+                 *(_cell(group, "selective", "test", key, scale=100) for key, _ in SELECTIVE_COLUMNS),
+                 *(_cell(group, "selective", "shifted", key, "mean", scale=100) for key in ("aurc", "e_aurc"))]
+                for group in table.groups]
+        texts.append(_table(
+            f"Selective classification: {table.title}", header, rows,
+            "In %, lower is better. Risk: the error rate of the most confident samples (confidence: the mixture's "
+            "top probability); AURC: its mean over all coverages; E-AURC: AURC minus the AURC of the best ranking "
+            "of the same errors. Shifted: the mean over the 25 shifted sets."))
     return "\n".join(texts)
 
 
@@ -93,15 +97,14 @@ def decomposition_markdown(groups: Sequence[RunGroup]) -> str:
         if not any(run.get("decomposition") for g in table.groups for run in g.runs):
             continue
         header = ["Method", *(title for _, title in DECOMPOSITION_COLUMNS), "Shifted: H total", "Shifted: MI both"]
-        lines = [f"### Where the uncertainty comes from: {table.title}", "", "| " + " | ".join(header) + " |",
-                 "|:--" + "|--:" * (len(header) - 1) + "|"]
-        for group in table.groups:
-            cells = [_cell(group, "decomposition", "test", key) for key, _ in DECOMPOSITION_COLUMNS]
-            cells += [_cell(group, "decomposition", "shifted", key, "mean") for key in ("total", "mi_both")]
-            lines.append("| " + " | ".join([row_label(group, table), *cells]) + " |")
-        lines += ["", "Mean per test image, in nats. H total = E[H] + MI for each split (over members, over exits, "
-                  "over both); MI both = MI members + I(y; exit | member). An MI over one member or one exit is 0."]
-        texts.append("\n".join(lines) + "\n")
+        rows = [[row_label(group, table),
+                 *(_cell(group, "decomposition", "test", key) for key, _ in DECOMPOSITION_COLUMNS),
+                 *(_cell(group, "decomposition", "shifted", key, "mean") for key in ("total", "mi_both"))]
+                for group in table.groups]
+        texts.append(_table(
+            f"Where the uncertainty comes from: {table.title}", header, rows,
+            "Mean per test image, in nats. H total = E[H] + MI for each split (over members, over exits, over both); "
+            "MI both = MI members + I(y; exit | member). An MI over one member or one exit is 0."))
     return "\n".join(texts)
 
 
